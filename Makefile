@@ -1,0 +1,39 @@
+# portopt: the commands a newcomer needs. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: help install run test lab export clean-nbs check-nbdev
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install portopt (editable) with its development tools
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+
+run:  ## the main job: bundled data into the store, the portfolio report, metrics and paths
+	$(BIN)/portopt run
+
+test:  ## the whole suite: nbdev_test over nbs/, then pytest over tests/ and reports/ (nbval)
+	$(BIN)/nbdev_test --do_print
+	$(BIN)/python -m pytest
+
+lab:  ## JupyterLab on the project, with nbdev's git hooks so saved notebooks stay clean
+	$(BIN)/nbdev_install_hooks
+	$(BIN)/jupyter lab
+
+export:  ## regenerate portopt/ from the notebooks in nbs/
+	$(BIN)/nbdev_export
+
+clean-nbs:  ## strip outputs and noise metadata from the notebooks (keeps the parameters tag)
+	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_clean --fname reports
+
+check-nbdev:  ## fail if nbdev_export or nbdev_clean would change a committed file
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_clean --fname reports
+	@git diff --exit-code --stat -- nbs portopt reports || { echo "nbdev_export/nbdev_clean changed the files above: run them and commit"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- portopt nbs)" || { git status --short -- portopt nbs; echo "untracked generated files: run nbdev_export and commit"; exit 1; }

@@ -1,0 +1,111 @@
+"""`portopt import`: layouts, one clear error line for a bad file, idempotent and crash-safe writes."""
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+from conftest import FIXTURES, dump
+
+from portopt.data import load_prices, read_price_file
+from portopt.store import SQLiteStore
+
+SOL, USDC, STOCKS = FIXTURES / "sol-usd-max.csv", FIXTURES / "usdc-usd-max.csv", FIXTURES / "tests_stock_prices.csv"
+
+
+def test_import_coingecko_file_matches_bundled_data_and_reimport_changes_nothing(cli, store_path):
+    out = cli("import", SOL).stdout
+    assert "coingecko layout, 887 prices of 1 asset(s) (2020-04-11 to 2022-09-14); 887 new, 0 updated, 0 unchanged" in out
+    before = dump(store_path)
+    again = cli("import", SOL).stdout
+    assert "0 new, 0 updated, 887 unchanged" in again
+    assert dump(store_path) == before  # not even recorded_at or an outbox row changed
+    with SQLiteStore(store_path) as st:
+        stored = st.read_prices(["SOL"])["SOL"]
+        assert len(st.read_events("prices")) == 1
+    bundled = load_prices(assets=["SOL"])["SOL"].dropna()
+    pd.testing.assert_series_equal(stored, bundled, check_names=False, check_freq=False)
+
+
+def test_import_wide_file_with_late_listings(cli, store_path):
+    out = cli("import", STOCKS).stdout
+    raw = pd.read_csv(STOCKS)
+    expected = int(raw.drop(columns="date").notna().sum().sum())
+    assert f"wide layout, {expected} prices of 20 asset(s)" in out and f"{expected} new" in out
+    with SQLiteStore(store_path) as st:
+        p = st.read_prices(["AAPL", "FB"])
+    assert p["FB"].first_valid_index() == pd.Timestamp(raw.loc[raw["FB"].notna(), "date"].iloc[0], tz="UTC")
+    assert p["AAPL"].first_valid_index() == pd.Timestamp("1989-12-29", tz="UTC")  # FB's late start cuts nothing
+
+
+def test_long_ohlcv_parquet_round_trip(tmp_path):
+    long, _ = read_price_file(SOL)
+    ohlcv = long.rename(columns={"timestamp": "Date", "asset": "Symbol"}).assign(open=long["close"], high=long["close"] * 1.01,
+                                                                               low=long["close"] * 0.99)
+    path = tmp_path / "candles.parquet"
+    ohlcv[["Date", "Symbol", "open", "high", "low", "close", "volume"]].to_parquet(path)
+    back, layout = read_price_file(path)
+    assert layout == "ohlcv" and len(back) == 887
+    assert (back["high"] / back["close"]).round(12).eq(1.01).all() and back["asset"].eq("SOL").all()
+
+
+def _variant(tmp_path, name, edit):
+    lines = SOL.read_text().splitlines()
+    path = tmp_path / name
+    path.write_text("\n".join(edit(lines)) + "\n")
+    return path
+
+
+BAD = {
+    "negative.csv": (lambda l: l[:5] + [l[5].replace(",", ",-", 1)] + l[6:], "non-positive close price -"),
+    "dupdate.csv": (lambda l: l[:10] + [l[9]] + l[10:], "duplicated timestamp for asset SOL"),
+    "layout.csv": (lambda l: ["when,value,cap,vol"] + l[1:], "unknown column layout"),
+    "text.csv": (lambda l: l[:7] + [l[7].split(",")[0] + ",$0.95,1,1"] + l[8:], "non-numeric close '$0.95'"),
+    "unsorted.csv": (lambda l: [l[0], l[2], l[1]] + l[3:], "unsorted timestamps"),
+    "zones.csv": (lambda l: [l[0], l[1].replace(" UTC", "+02:00")] + l[2:], "mixed time zones"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_file_gets_one_error_line_and_nothing_is_written(cli, store_path, tmp_path, name):
+    cli("import", USDC)
+    before = dump(store_path)
+    edit, words = BAD[name]
+    bad = _variant(tmp_path, name, edit)
+    proc = cli("import", bad, "--asset", "SOL", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+    assert words in proc.stderr, proc.stderr
+    assert dump(store_path) == before
+
+
+def test_import_killed_half_way_leaves_the_store_as_before(cli, store_path, tmp_path):
+    cli("import", USDC)
+    before = dump(store_path)
+    script = tmp_path / "die.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal
+        import portopt.store as store
+        from portopt.data import read_price_file
+
+        def dying(conn, sql, rows, chunk=5000):
+            conn.executemany(sql, rows[:20000])          # the first 20,000 rows are written ...
+            os.kill(os.getpid(), signal.SIGKILL)          # ... then the process dies inside the transaction
+
+        store._executemany_chunked = dying
+        frame, _ = read_price_file({str(STOCKS)!r})
+        assert len(frame) > 20000
+        store.SQLiteStore({str(store_path)!r}).write_prices(frame, "file:tests_stock_prices.csv")
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert dump(store_path) == before
+    with SQLiteStore(store_path) as st:  # and the store still works: the import can simply be run again
+        assert st.write_prices(read_price_file(STOCKS)[0], "file:tests_stock_prices.csv").inserted > 20000
+
+
+def test_coingecko_asset_option_is_refused_for_a_wide_file(cli):
+    proc = cli("import", STOCKS, "--asset", "X", check=False)
+    assert proc.returncode == 1 and "--asset is only for a CoinGecko file" in proc.stderr
