@@ -90,3 +90,36 @@ def test_runs_are_recorded_with_their_outcome(store_path):
         assert [e["status"] for e in st.read_events("runs")["payload"]] == ["succeeded", "failed"]
         with pytest.raises(StoreError, match="no run"):
             st.finish_run("nope", "failed")
+
+
+def test_holdings_are_point_in_time_snapshots_of_a_known_portfolio(store_path):
+    from portopt.config import DataError
+    with SQLiteStore(store_path) as st:
+        with pytest.raises(StoreError, match="no portfolio 'ghost'"):
+            st.write_holdings("ghost", pd.Series({"SOL": 1.0}), "2024-01-01")
+        st.upsert_portfolio("fund", wallet="9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin")
+        st.write_holdings("fund", pd.Series({"SOL": 10.0, "USDC": 5.0}), "2024-01-01")
+        st.write_holdings("fund", pd.Series({"SOL": 12.5}), "2024-02-01")
+        before = st.read_holdings("fund", as_of="2024-01-31")
+        assert before.to_dict() == {"SOL": 10.0, "USDC": 5.0} and st.read_holdings("fund").to_dict() == {"SOL": 12.5}
+        assert st.read_holdings("fund", as_of="2023-12-31").empty
+        events = len(st.read_events("holdings"))
+        with pytest.raises(DataError, match="negative units for \\['USDC'\\]"):
+            st.write_holdings("fund", pd.Series({"SOL": 1.0, "USDC": -2.0}), "2024-03-01")
+        assert st.read_holdings("fund").to_dict() == {"SOL": 12.5} and len(st.read_events("holdings")) == events
+        assert st.read_portfolios().loc[0, "wallet"].startswith("9xQe")
+
+
+def test_market_metrics_upsert_and_refuse_bad_values(store_path):
+    from portopt.config import DataError
+    m = pd.DataFrame({"timestamp": ["2025-11-03T00:00:00Z", "2025-11-04T00:00:00Z"], "asset": ["USDC", "USDC"],
+                      "metric": ["utilization", "utilization"], "value": [0.779, 0.781]})
+    with SQLiteStore(store_path) as st:
+        assert st.write_market_metrics(m, "solana:kamino").inserted == 2
+        changed = st.write_market_metrics(m.assign(value=[0.779, 0.790]), "solana:kamino")
+        assert (changed.inserted, changed.updated, changed.unchanged) == (0, 1, 1)
+        got = st.read_market_metrics(["USDC"], as_of="2025-11-03T12:00:00Z")
+        assert got["value"].tolist() == [0.779] and got["source"].tolist() == ["solana:kamino"]
+        with pytest.raises(DataError, match="is not a finite number"):
+            st.write_market_metrics(m.assign(value=[0.5, float("inf")]), "solana:kamino")
+        assert st.read_market_metrics()["value"].tolist() == [0.779, 0.790]
