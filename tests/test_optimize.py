@@ -38,8 +38,9 @@ def test_min_variance_and_max_sharpe_beat_every_random_long_only_portfolio(windo
 
 def test_min_cvar_has_the_lowest_historical_cvar(window):
     def cvar(w, alpha=0.05):
-        r = np.sort(window.to_numpy() @ w)
-        return -r[: int(np.ceil(alpha * len(r)))].mean()
+        # Rockafellar and Uryasev (2000): min over t of t + E[max(loss - t, 0)] / alpha; the minimum is at a loss.
+        loss = -(window.to_numpy() @ w)
+        return min(t + np.maximum(loss - t, 0).sum() / (alpha * len(loss)) for t in loss)
     a = optimize(window, "min_cvar", periods_per_year=365)
     assert np.isclose(a.risk, cvar(a.weights.to_numpy()))
     for s in ("equal_weight", "min_variance", "hrp"):
@@ -63,7 +64,7 @@ def test_failure_raises_with_every_attempt_named(window):
 
 def test_bad_inputs_are_refused_before_any_solver(window):
     with pytest.raises(ConfigError, match="unknown strategy"):
-        optimize(window, "max_return", periods_per_year=365)
+        optimize(window, "min_regret", periods_per_year=365)
     with pytest.raises(DataError, match="missing values"):
         optimize(window.assign(NEW=np.nan), "min_variance", periods_per_year=365)
     with pytest.raises(ConfigError, match="only 30 are available"):
@@ -82,3 +83,142 @@ def test_efficient_frontier_runs_from_min_variance_up(window):
     mv = optimize(window, "min_variance", periods_per_year=365)
     assert np.isclose(fr["volatility"].iloc[0], mv.volatility, rtol=1e-3)
     assert fr["expected_return"].is_monotonic_increasing and np.allclose(fr[ASSETS].sum(axis=1), 1, atol=1e-4)
+
+
+# ---- the catalogue, estimators and constraints (issue 3) -------------------------------------------
+from conftest import FIXTURES  # noqa: E402
+
+from portopt.config import ConstraintError  # noqa: E402
+from portopt.data import load_market_caps, read_price_file, to_wide  # noqa: E402
+from portopt.optimize import (  # noqa: E402
+    COV_ESTIMATORS, RISK_MEASURES, Constraints, black_litterman_posterior, risk_value)
+
+
+@pytest.fixture(scope="module")
+def equities():
+    wide = to_wide(read_price_file(FIXTURES / "tests_stock_prices.csv")[0])
+    return estimation_window(returns(wide[["AAPL", "AMZN", "GE", "JPM", "WMT", "XOM", "PFE", "MA"]]), window=504)
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("panel", ["crypto", "equities"])
+def test_every_strategy_on_both_panels(window, equities, strategy, panel):
+    r, ppy = (window, 365) if panel == "crypto" else (equities, 252)
+    a = optimize(r, strategy, periods_per_year=ppy)
+    assert abs(a.weights.sum() - 1) < 1e-9 and (a.weights >= -1e-9).all() and a.periods_per_year == ppy
+    assert np.isclose(a.risk_contributions.sum(), 1) and a.as_of == r.index[-1]
+
+
+@pytest.mark.parametrize("measure", ["variance", "mad", "semi_deviation", "cvar", "evar", "worst_realization",
+                                     "cdar", "max_drawdown", "average_drawdown", "ulcer_index", "gini_mean_difference"])
+def test_min_risk_matches_riskfolio_lib_for_each_measure(equities, measure):
+    import riskfolio as rp
+    a = optimize(equities, "min_risk", risk_measure=measure, periods_per_year=252)
+    port = rp.Portfolio(returns=equities)
+    port.assets_stats(method_mu="hist", method_cov="hist")
+    w = port.optimization(model="Classic", rm=RISK_MEASURES[measure], obj="MinRisk", hist=True)
+    theirs = rp.Sharpe_Risk(returns=equities, w=w, cov=equities.cov(), rm=RISK_MEASURES[measure], rf=0, alpha=0.05)
+    assert np.isclose(a.risk, theirs, rtol=1e-4, atol=1e-8), (a.risk, theirs)
+    assert a.risk <= risk_value(optimize(equities, "equal_weight", periods_per_year=252).weights, equities, measure) + 1e-9
+
+
+def test_estimators_are_riskfolio_lib_estimators(equities):
+    import riskfolio as rp
+    for name in ("ledoit_wolf", "oas", "ewma", "gerber"):
+        a = optimize(equities, "min_variance", cov=name, periods_per_year=252)
+        port = rp.Portfolio(returns=equities)
+        port.assets_stats(method_mu="hist", method_cov=COV_ESTIMATORS[name])
+        w = port.optimization(model="Classic", rm="MV", obj="MinRisk", hist=True)["weights"]
+        assert np.allclose(a.weights.to_numpy(), w.to_numpy(), atol=1e-4), name
+    assert not np.allclose(optimize(equities, "min_variance", cov="ledoit_wolf", periods_per_year=252).weights,
+                           optimize(equities, "min_variance", periods_per_year=252).weights, atol=1e-3)
+
+
+GROUPS = Constraints(groups={"stablecoins": {"assets": ["USDC"], "min": 0.2, "max": 0.5},
+                             "large": {"assets": ["BTC", "ETH"], "max": 0.3}}, bounds={"SOL": (0.05, 0.25)}, max_weight=0.45)
+
+
+@pytest.mark.parametrize("strategy", ["min_variance", "max_sharpe", "max_return", "utility", "min_risk", "max_ratio",
+                                      "min_cvar", "kelly", "black_litterman", "risk_parity"])
+def test_bounds_and_groups_hold_for_classic_strategies(window, strategy):
+    a = optimize(window, strategy, periods_per_year=365, constraints=GROUPS)
+    assert GROUPS.satisfied_by(a.weights) == [] and abs(a.weights.sum() - 1) < 1e-9
+
+
+@pytest.mark.parametrize("strategy", ["hrp", "herc", "nco"])
+def test_bounds_hold_for_hierarchical_strategies(window, strategy):
+    c = Constraints(max_weight=0.35, bounds={"BTC": (0.1, 0.35)})
+    a = optimize(window, strategy, periods_per_year=365, constraints=c)
+    assert c.satisfied_by(a.weights) == []
+    with pytest.raises(ConstraintError, match="supports only per-asset bounds"):
+        optimize(window, strategy, periods_per_year=365, constraints=GROUPS)
+
+
+@pytest.mark.parametrize("constraints, words", [
+    (dict(max_weight=0.1), "upper bounds sum to 0.6 < 1"),
+    (dict(bounds={"BTC": (0.7, 1.0), "ETH": (0.4, 1.0)}), "lower bounds sum to 1.1 > 1"),
+    (dict(bounds={"BTC": (0.5, 0.4)}), "BTC: lower bound 0.5 is above its upper bound 0.4"),
+    (dict(groups={"s": {"assets": ["USDC"], "min": 0.6}}, bounds={"USDC": (0, 0.5)}), "needs at least 0.6"),
+    (dict(groups={"a": {"assets": ["BTC"], "min": 0.6}, "b": {"assets": ["ETH"], "min": 0.6}}), "need 1.2 > 1 together"),
+    (dict(groups={"x": {"assets": ["DOGE"], "max": 0.1}}), "not in the returns"),
+    (dict(max_assets=2, max_weight=0.3), "cannot reach a budget of 1"),
+    (dict(min_weight=-0.1), "needs long_short=True"),
+    (dict(turnover=0.1), "needs current_weights"),
+    (dict(min_position=0.05), "min_position needs max_assets"),
+])
+def test_impossible_constraints_raise_before_any_solver(window, constraints, words):
+    with pytest.raises(ConstraintError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        optimize(window, "max_sharpe", periods_per_year=365, constraints=constraints)
+
+
+def test_cardinality_min_position_long_short_turnover_tracking_error_and_cash(window):
+    c = Constraints(max_assets=3, min_position=0.15)
+    a = optimize(window, "max_sharpe", periods_per_year=365, constraints=c)
+    assert c.satisfied_by(a.weights) == [] and a.diagnostics["solver"] == "SCIP"
+    assert optimize(window, "min_cvar", periods_per_year=365, constraints=c).diagnostics["solver"] == "HIGHS"
+    ls = optimize(window, "max_sharpe", periods_per_year=365, constraints=Constraints(long_short=True, max_short=0.3))
+    assert ls.weights.min() < 0 and -ls.weights[ls.weights < 0].sum() <= 0.3 + 1e-6 and abs(ls.weights.sum() - 1) < 1e-9
+    ew = pd.Series(1 / len(ASSETS), index=ASSETS)
+    to = optimize(window, "max_sharpe", periods_per_year=365, constraints=Constraints(turnover=0.05, current_weights=ew))
+    assert (to.weights - ew).abs().max() <= 0.05 + 1e-6
+    te = optimize(window, "max_sharpe", periods_per_year=365, constraints=Constraints(tracking_error=0.01, benchmark_weights=ew))
+    assert (window @ (te.weights - ew)).std() <= 0.01 + 1e-6
+    cash = optimize(window, "max_sharpe", periods_per_year=365, constraints=Constraints(cash="CASH", min_cash=0.25))
+    assert cash.weights["CASH"] >= 0.25 - 1e-6
+
+
+def test_constraints_from_yaml(window, tmp_path):
+    f = tmp_path / "constraints.yaml"
+    f.write_text("max_weight: 0.4\ngroups:\n  stablecoins:\n    assets: [USDC]\n    min: 0.2\n")
+    c = Constraints.from_yaml(f)
+    a = optimize(window, "max_sharpe", periods_per_year=365, constraints=c)
+    assert a.weights["USDC"] >= 0.2 - 1e-6 and a.weights.max() <= 0.4 + 1e-6
+
+
+def test_black_litterman_posterior_matches_riskfolio_lib_at_confidence_one_half(window):
+    import riskfolio as rp
+    caps = load_market_caps(assets=ASSETS).loc["2022-03-31"]
+    views = [{"long": "ETH", "short": "BTC", "return": 0.2, "confidence": 0.5}, {"asset": "SOL", "return": 0.5, "confidence": 0.5}]
+    mu, cov = black_litterman_posterior(window, views, periods_per_year=365, market_caps=caps, tau=1 / len(window))
+    port = rp.Portfolio(returns=window)
+    port.assets_stats(method_mu="hist", method_cov="hist")
+    P = np.array([[-1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]], dtype=float)
+    Q = np.array([[0.2 / 365], [0.5 / 365]])
+    port.blacklitterman_stats(P, Q, w=(caps / caps.sum()).to_frame(), eq=True)
+    assert np.allclose(mu.to_numpy(), port.mu_bl.to_numpy().ravel(), rtol=1e-8, atol=1e-12)
+    assert np.allclose(cov.to_numpy(), port.cov_bl.to_numpy(), rtol=1e-8, atol=1e-14)
+    sure, _ = black_litterman_posterior(window, [dict(views[1], confidence=1.0)], periods_per_year=365, market_caps=caps)
+    assert np.isclose(sure["SOL"], 0.5 / 365, rtol=1e-6)  # a certain view holds exactly
+
+
+def test_kelly_fractions_and_risk_aversion_order_the_risk(window):
+    k = {f: optimize(window, "kelly", fraction=f, periods_per_year=365) for f in (1.0, 0.5, 0.25)}
+    assert k[0.25].volatility <= k[0.5].volatility <= k[1.0].volatility
+    u = [optimize(window, "utility", risk_aversion=l, periods_per_year=365).volatility for l in (1, 5, 25)]
+    assert u[0] >= u[1] >= u[2]
+
+
+def test_risk_parity_budgets_are_met(window):
+    budgets = {"BTC": 0.3, "ETH": 0.2, "SOL": 0.1, "BNB": 0.1, "ADA": 0.1, "USDC": 0.2}
+    a = optimize(window, "risk_parity", budgets=budgets, periods_per_year=365)
+    assert np.allclose(a.risk_contributions[list(budgets)], list(budgets.values()), atol=2e-3)
