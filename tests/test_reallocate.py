@@ -1,0 +1,131 @@
+"""Reallocation: known answers by hand, liquidity shortfalls, impact, bad input, the store flow and the command."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import dump
+
+from portopt.config import ConfigError, DataError
+from portopt.reallocate import (Market, Pool, ReallocationSettings, amm_swap, ensure_demo_portfolio, plan_reallocation,
+                                reallocate_portfolio, square_root_impact)
+from portopt.store import SQLiteStore
+
+PRICES = pd.Series({"SOL": 100.0, "BTC": 20_000.0, "USDC": 1.0})
+MARKET = Market(prices=PRICES, adv=pd.Series({"SOL": 5e6, "BTC": 1e9}), volatility=pd.Series({"SOL": 0.05, "BTC": 0.03}))
+
+
+def test_inside_the_band_no_trades():
+    h = pd.Series({"SOL": 50.0, "BTC": 0.25, "USDC": 5_000.0})            # 5,000 / 5,000 / 5,000
+    d = plan_reallocation(h, pd.Series({"SOL": 0.34, "BTC": 0.33, "USDC": 0.33}), MARKET)
+    assert d.status == "none_needed" and d.trades.empty and d.costs["total"] == 0
+    assert np.allclose(d.positions["utilization"], [1 / 3 / 0.34, 1 / 3 / 0.33, 1 / 3 / 0.33])
+
+
+def test_two_assets_exact_trades_with_fees():
+    # NAV 10,000 (50 SOL at 100 + 5,000 USDC); target 70 % SOL, 10 bps fees paid from the portfolio:
+    # f = 0.001 (|ΔSOL| + |ΔUSDC|) with ΔSOL = 0.7 (10,000 - f) - 5,000 and ΔUSDC = 0.3 (10,000 - f) - 5,000,
+    # so f = 0.001 × 0.4 × (10,000 - f), i.e. f = 4 / 1.0004
+    f = 4 / 1.0004
+    d = plan_reallocation(pd.Series({"SOL": 50.0, "USDC": 5_000.0}), pd.Series({"SOL": 0.7, "USDC": 0.3}),
+                          Market(prices=pd.Series({"SOL": 100.0, "USDC": 1.0})), ReallocationSettings(fee_bps=10, decimals={"SOL": 9}))
+    expected_units = math.floor((0.7 * (10_000 - f) - 5_000) / 100 * 1e9) / 1e9
+    assert d.status == "planned" and d.trades.loc["SOL", "units"] == expected_units
+    assert abs(d.trades.loc["SOL", "fee"] - expected_units * 100 * 0.001) < 1e-9
+    assert abs(d.after.loc["USDC", "units"] - (5_000 - expected_units * 100 - d.trades["fee"].sum())) < 1e-9
+
+
+def test_decimals_round_toward_zero_and_small_trades_are_skipped():
+    d = plan_reallocation(pd.Series({"SOL": 50.0, "BTC": 0.0, "USDC": 5_000.0}), pd.Series({"SOL": 0.5, "BTC": 0.0001, "USDC": 0.4999}),
+                          MARKET, ReallocationSettings(fee_bps=0, decimals={"BTC": 8}, min_trade_value=10, band=(0.99, 1.01)))
+    assert "BTC" not in d.trades.index  # 1 USD of BTC is below the 10 USD minimum
+    d = plan_reallocation(pd.Series({"SOL": 50.0, "USDC": 5_000.0}), pd.Series({"SOL": 0.3333333, "USDC": 0.6666667}),
+                          MARKET, ReallocationSettings(fee_bps=0, decimals={"SOL": 2}))
+    assert d.trades.loc["SOL", "units"] == -16.66  # -16.666667 rounded toward zero at 2 decimals
+
+
+def test_sells_before_buys():
+    d = plan_reallocation(pd.Series({"SOL": 100.0, "BTC": 0.0, "USDC": 0.0}), pd.Series({"SOL": 0.5, "BTC": 0.5}), MARKET,
+                          ReallocationSettings(fee_bps=0))
+    assert list(d.trades["side"]) == ["sell", "buy"]
+
+
+def test_withdrawal_beyond_pool_liquidity_fails_with_the_shortfall():
+    # the Kamino USDC reserve's known figures: 129.6 M available, 458.2 M borrowed; a 200 M withdrawal cannot be done
+    kusdc = Pool(available=129.6e6, borrowed=458.2e6, curve=((0, 0), (0.9, 0.1), (1, 2.0)))
+    m = Market(prices=pd.Series({"kUSDC": 1.0, "SOL": 100.0, "USDC": 1.0}), adv=pd.Series({"SOL": 1e12}),
+               volatility=pd.Series({"SOL": 0.05}), pools={"kUSDC": kusdc})
+    d = plan_reallocation(pd.Series({"kUSDC": 250e6, "SOL": 0.0, "USDC": 0.0}), pd.Series({"kUSDC": 0.2, "SOL": 0.8}), m,
+                          ReallocationSettings(fee_bps=0))
+    assert d.status == "failed_liquidity"
+    assert d.trades.loc["kUSDC", "shortfall"] == pytest.approx(200e6 - 129.6e6)
+    assert d.partial.loc["kUSDC", "value"] == pytest.approx(-129.6e6) and d.partial.loc["SOL", "value"] == pytest.approx(129.6e6)
+    assert d.pools.loc["kUSDC", "utilization_before"] == pytest.approx(458.2 / (458.2 + 129.6))
+    assert d.pools.loc["kUSDC", "utilization_after"] == 1.0 and d.pools.loc["kUSDC", "supply_rate_after"] == pytest.approx(2.0 * 0.9)
+    assert "kUSDC: sell 200,000,000.00 but only 129,600,000.00 can be absorbed" in d.reason
+
+
+def test_participation_limit_of_adv():
+    d = plan_reallocation(pd.Series({"SOL": 0.0, "USDC": 1e6}), pd.Series({"SOL": 1.0}), MARKET, ReallocationSettings(fee_bps=0))
+    assert d.status == "failed_liquidity" and d.trades.loc["SOL", "limit"] == pytest.approx(0.1 * 5e6)
+    assert d.trades.loc["SOL", "shortfall"] == pytest.approx(1e6 - 5e5)
+
+
+def test_square_root_impact_and_amm_by_hand():
+    assert square_root_impact(250_000, 1e8, 0.04) == pytest.approx(0.04 * math.sqrt(0.0025) * 250_000)
+    d = plan_reallocation(pd.Series({"SOL": 0.0, "USDC": 200_000.0}), pd.Series({"SOL": 0.5, "USDC": 0.5}), MARKET,
+                          ReallocationSettings(fee_bps=0))
+    assert d.trades.loc["SOL", "impact"] == pytest.approx(0.05 * math.sqrt(100_000 / 5e6) * 100_000)
+    out, impact = amm_swap(1_000.0, 50_000.0, 5_000_000.0, fee=0.003)
+    assert out == pytest.approx(5_000_000 * 997 / (50_000 + 997)) and impact == pytest.approx(1 - out / 1_000 / 100)
+
+
+@pytest.mark.parametrize("holdings, target, words", [
+    (pd.Series({"SOL": -1.0, "USDC": 10.0}), pd.Series({"SOL": 0.5, "USDC": 0.5}), "negative or not numbers"),
+    (pd.Series({"SOL": 1.0, "DOGE": 10.0}), pd.Series({"SOL": 1.0}), "no price for \\['DOGE'\\]"),
+    (pd.Series({"SOL": 1.0, "USDC": 10.0}), pd.Series({"SOL": 0.5, "USDC": 0.4}), "sum to 1"),
+])
+def test_bad_input_gets_a_clear_error(holdings, target, words):
+    with pytest.raises(DataError, match=words):
+        plan_reallocation(holdings, target, MARKET)
+
+
+def test_stale_prices_are_refused():
+    m = Market(prices=PRICES, price_time=pd.Timestamp("2024-01-01", tz="UTC"))
+    with pytest.raises(DataError, match="more than the stale-data limit"):
+        plan_reallocation(pd.Series({"SOL": 1.0}), pd.Series({"SOL": 1.0}), m, as_of="2024-01-05")
+
+
+def test_store_flow_guards_and_paper_execution(store_path):
+    with SQLiteStore(store_path) as st:
+        ensure_demo_portfolio(st)
+        before = dump(store_path)
+        with pytest.raises(ConfigError, match="no portfolio 'ghost'"):
+            reallocate_portfolio(st, "ghost")
+        with pytest.raises(ConfigError, match="only 'paper' execution"):
+            reallocate_portfolio(st, "demo", execute="live")
+        assert dump(store_path) == before  # bad input writes nothing
+        status, d, rid = reallocate_portfolio(st, "demo", as_of="2022-09-01", execute="paper")
+        assert status == "executed"
+        fills = pd.DataFrame(st.read_reallocations("demo").set_index("id").loc[rid, "plan"]["fills"]).set_index("asset")
+        after = st.read_holdings("demo")
+        assert after["SOL"] == pytest.approx(1000 + d.trades.loc["SOL", "units"])
+        assert (fills["fill_price"] < d.trades["price"]).all()  # sells fill below the mid by their impact
+        assert after["USDC"] == pytest.approx(60_000 - fills["cash"].sum())
+        # a drawdown guard: the demo's holdings fell far from their peak by 2022-09; a 30 % limit holds the plan
+        st.upsert_portfolio("guarded", settings=dict(d_settings := dict(st.read_portfolios().set_index("portfolio").loc["demo", "settings"]),
+                                                     reallocation=dict(d_settings["reallocation"], drawdown_limit=0.3)))
+        st.write_holdings("guarded", pd.Series({"BTC": 2.0, "ETH": 30.0, "SOL": 1000.0, "USDC": 60_000.0}), "2022-09-01")
+        status, _, _ = reallocate_portfolio(st, "guarded", as_of="2022-09-01")
+        assert status == "held" and st.read_alerts().loc[0, "kind"] == "drawdown"
+        assert st.read_reallocations("guarded").loc[0, "status"] == "held"
+
+
+def test_reallocate_command_on_the_demo(cli, store_path):
+    out = cli("reallocate", "demo", "--as-of", "2022-09-01").stdout
+    assert out.startswith("demo: planned") and "costs: fees" in out
+    js = json.loads(cli("reallocate", "demo", "--as-of", "2022-09-01", "--json").stdout)
+    assert js["status"] == "planned" and abs(sum(p["weight"] for p in js["plan"]["after"]) - 1) < 1e-9
+    bad = cli("reallocate", "nobody", check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: no portfolio 'nobody'")
