@@ -1,7 +1,6 @@
 """The CoinGecko collector against a local replay of real CoinGecko data (tests/fixtures/coingecko-api):
 incremental runs, chunking, retries on 429/5xx/timeouts, and bad answers that leave the store unchanged."""
 import json
-from dataclasses import replace
 
 import pandas as pd
 import pytest
