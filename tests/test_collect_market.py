@@ -152,3 +152,22 @@ def test_unknown_coin_and_bad_settings_are_clear(server, store):
         run_sync(collect_market(store, config(server, coins=(Coin("no-such-coin", "NOPE"),))))
     with pytest.raises(ConfigError, match="plan"):
         MarketConfig(plan="gold")
+
+
+def test_the_job_and_the_command_use_the_config_file_and_the_environment(server, cli, store_path, tmp_path, monkeypatch):
+    from portopt.collect.solana import run_collect_job
+    f = tmp_path / "collect.toml"
+    f.write_text('[market]\nstart = "2022-06-01"\nend = "2022-06-03"\nbackoff = 0.01\nspot = false\n'
+                 'coins = [{id = "solana", asset = "SOL"}]\n')
+    monkeypatch.setenv("PORTOPT_COINGECKO_URL", server.url + "/api/v3")
+    monkeypatch.setenv("COINGECKO_API_KEY", "from-the-environment")
+    with SQLiteStore(store_path) as st:
+        report = run_collect_job("collect-market", st, f, trigger="schedule")
+        assert report.inserted == 3 and st.read_runs()["status"].tolist() == ["succeeded"]
+    assert server.log[-1]["headers"].get("x-cg-demo-api-key") == "from-the-environment"
+    f.write_text(f.read_text().replace('end = "2022-06-03"', 'end = "2022-06-05"'))
+    out = cli("collect", "market", "--config", f, "--quiet").stdout
+    assert "collect-market: 1 batch(es): 2 new row(s)" in out
+    with SQLiteStore(store_path) as st:
+        assert st.read_prices(["SOL"], source="coingecko").index[-1] == pd.Timestamp("2022-06-05", tz="UTC")
+        assert st.read_runs()["trigger"].tolist() == ["cli", "schedule"]
