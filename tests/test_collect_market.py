@@ -23,7 +23,7 @@ def charts():
 @pytest.fixture
 def server(charts):
     spot = json.loads((CG / "simple_price.json").read_text())
-    with LocalServer(coingecko_replay(charts, spot), stall=1.0) as s:
+    with LocalServer(coingecko_replay(charts, spot), stall=3.0) as s:
         yield s
 
 
@@ -35,7 +35,7 @@ def store(store_path):
 
 def config(server, **kw):
     base = dict(coins=COINS, base_url=server.url + "/api/v3", start="2022-06-01", end="2022-06-30", chunk_days=10,
-                backoff=0.01, timeout=0.3, requests_per_minute=60_000, max_attempts=4, spot=False)
+                backoff=0.01, timeout=1.0, requests_per_minute=60_000, max_attempts=4, spot=False)
     return MarketConfig(**{**base, **kw})
 
 

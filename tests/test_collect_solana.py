@@ -134,7 +134,7 @@ def answers():
 
 @pytest.fixture
 def node(dumps, answers):
-    with LocalServer(solana_replay(dumps, answers, slot=377_723_091), stall=1.0) as s:
+    with LocalServer(solana_replay(dumps, answers, slot=377_723_091), stall=3.0) as s:
         yield s
 
 
@@ -147,7 +147,7 @@ def store(store_path):
 def config(node, **kw):
     base = dict(rpc_url=node.url, kamino_reserves=(RESERVE,), marginfi_banks=(JITOSOL_BANK, USDT_BANK),
                 pyth_pull={"SOL": SOL_PULL}, wallets=(Wallet("treasury", WALLET),), token_supplies=(USDC,),
-                backoff=0.01, timeout=0.3, max_attempts=4)
+                backoff=0.01, timeout=1.0, max_attempts=4)
     return SolanaConfig(**{**base, **kw})
 
 
