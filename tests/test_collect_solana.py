@@ -191,6 +191,21 @@ def test_legacy_price_that_pyth_does_not_flag_as_trading_is_skipped(node, store)
     assert "pyth" not in set(store.price_coverage()["source"]) and "not current" in report.skipped[0]
 
 
+def test_a_portfolio_tied_to_another_wallet_is_refused_before_anything_is_read(node, store):
+    store.upsert_portfolio("treasury", owner="alice", wallet="hoakwpFB8UoLnPpLC56gsjpY7XbVwaCuRQRMQzN5TVh")
+    before = dump(store.path)
+    with pytest.raises(ConfigError, match="portfolio 'treasury' is tied to wallet hoakwp"):
+        run(store, config(node))
+    assert node.log == [] and dump(store.path) == before
+
+
+def test_a_portfolio_without_wallet_keeps_its_settings_when_tied(node, store):
+    store.upsert_portfolio("treasury", owner="alice", settings={"band": [0.95, 1.05]})
+    run(store, config(node))
+    row = store.read_portfolios().set_index("portfolio").loc["treasury"]
+    assert (row["owner"], row["wallet"], row["settings"]) == ("alice", WALLET, {"band": [0.95, 1.05]})
+
+
 @pytest.mark.parametrize("faults", [["429"], ["500"], ["timeout"], ["429", "503", "timeout"]])
 def test_transient_rpc_failures_are_retried(node, store, faults):
     node.faults.extend(faults)

@@ -541,6 +541,11 @@ class SolanaConfig:
 async def collect_solana(store: Store, config: SolanaConfig, now=None, progress: bool = False) -> CollectReport:
     "Read the configured wallets, supplies, oracles and pools (see above) into `store`; returns what was written."
     report, names = CollectReport(), coins_by_mint(config.coins)
+    tied = store.read_portfolios().set_index("portfolio")["wallet"].dropna().to_dict()
+    for w in config.wallets:
+        if tied.get(w.portfolio, w.address) != w.address:
+            raise ConfigError(f"portfolio {w.portfolio!r} is tied to wallet {tied[w.portfolio]}, not {w.address}; "
+                              "use another portfolio name for this wallet")
     now = to_utc(now if now is not None else pd.Timestamp.now(tz="UTC")).floor("s")
     name = lambda mint: names[mint].asset if mint in names else mint
     wanted = [(a, "kamino") for a in config.kamino_reserves] + [(a, "marginfi") for a in config.marginfi_banks] \
@@ -584,7 +589,7 @@ async def collect_solana(store: Store, config: SolanaConfig, now=None, progress:
     for w, units in holdings:
         known = store.read_portfolios()
         row = known[known["portfolio"] == w.portfolio]
-        if row.empty or row["wallet"].iloc[0] != w.address:
+        if row.empty or row["wallet"].iloc[0] != w.address:   # a new portfolio, or one not tied to a wallet yet
             store.upsert_portfolio(w.portfolio, wallet=w.address, **({} if row.empty else
                                    dict(owner=row["owner"].iloc[0], quote=row["quote"].iloc[0], settings=row["settings"].iloc[0])))
         latest = store.read_holdings(w.portfolio)
