@@ -312,6 +312,10 @@ def test_jobs_record_their_runs(node, store, tmp_path, monkeypatch):
     assert sorted(runs["status"]) == ["failed", "succeeded"]
     with pytest.raises(ConfigError, match="unknown job"):
         run_collect_job("collect-everything", store)
+    (tmp_path / "empty.toml").write_text("[solana]\n")
+    with pytest.raises(ConfigError, match="collect-solana: nothing to read .*kamino_reserves"):
+        run_collect_job("collect-solana", store, tmp_path / "empty.toml")
+    assert len(store.read_runs()) == 2                                   # a refused job is not a run
 
 
 def test_the_command_collects_and_explains(node, cli, tmp_path, store_path):

@@ -699,6 +699,10 @@ def run_collect_job(job: str, store: Store | None = None, config=None, trigger: 
     if job not in JOBS:
         raise ConfigError(f"unknown job {job!r}; the collect jobs are {sorted(JOBS)}")
     market, solana = load_collect_config(config)
+    if job == "collect-solana" and not any((solana.wallets, solana.kamino_reserves, solana.marginfi_banks, solana.pyth_legacy,
+                                            solana.pyth_pull, solana.token_supplies)):
+        raise ConfigError(f"collect-solana: nothing to read in {config or 'the defaults'}; list wallets, kamino_reserves, "
+                          "marginfi_banks, pyth_legacy, pyth_pull or token_supplies in the [solana] table of the config file")
     own = store is None
     store = open_store() if own else store
     run_id = store.start_run(job, {"config": None if config is None else str(config)}, trigger)
