@@ -215,6 +215,16 @@ class Store(ABC):
         "Mark an alert resolved."
 
     @abstractmethod
+    def write_reallocation(self, portfolio: str, as_of, status: str, plan: dict) -> str:
+        """Upsert a reallocation decision of `portfolio` at `as_of`: `status` one of `none_needed`, `planned`,
+        `failed_liquidity`, `held`, `executed`; `plan` a JSON-ready dict (target weights, trades in units and value).
+        Its id is derived from (portfolio, as_of, plan). Returns the id."""
+
+    @abstractmethod
+    def read_reallocations(self, portfolio: str | None = None, limit: int = 100) -> pd.DataFrame:
+        "Latest reallocations first; `plan` decoded to a dict."
+
+    @abstractmethod
     def mark_events_consumed(self, ids) -> int:
         "Mark outbox rows consumed (a listener has handled them); returns how many changed."
 
@@ -542,6 +552,21 @@ class SQLiteStore(Store):
                             (utc_now(), int(alert_id))).rowcount != 1:
                 raise StoreError(f"no open alert {alert_id}")
 
+    def write_reallocation(self, portfolio, as_of, status, plan):
+        at = to_iso(as_of)
+        rid = content_id("reallocation", portfolio, at, plan)
+        with self._transaction() as conn:
+            conn.execute("""INSERT INTO reallocations (id, portfolio, as_of, status, plan, created_at) VALUES (?, ?, ?, ?, ?, ?)
+                            ON CONFLICT (id) DO UPDATE SET status = excluded.status WHERE reallocations.status IS NOT excluded.status""",
+                         (rid, portfolio, at, status, to_json(plan), utc_now()))
+        return rid
+
+    def read_reallocations(self, portfolio=None, limit=100):
+        sql = "SELECT * FROM reallocations" + (" WHERE portfolio = ?" if portfolio else "") + " ORDER BY created_at DESC LIMIT ?"
+        out = pd.read_sql_query(sql, self.conn, params=([portfolio] if portfolio else []) + [limit])
+        out["plan"] = out["plan"].map(json.loads)
+        return out
+
     def mark_events_consumed(self, ids):
         ids = [int(i) for i in ids]
         if not ids:
@@ -583,7 +608,14 @@ class SQLiteStore(Store):
 
 # %% ../nbs/03_store.ipynb #837e68b6
 def open_store(path=None) -> Store:
-    "The configured store: `SQLiteStore(path or PORTOPT_STORE or data/portopt.sqlite)`."
+    """The configured store. `path`: a SQLite file, or a Supabase URL (`http(s)://...`, the key from the environment).
+    Without `path`: `SupabaseStore` when `SUPABASE_URL` is set (with `SUPABASE_SERVICE_ROLE_KEY`, `SUPABASE_KEY` or
+    `SUPABASE_ANON_KEY`), else `SQLiteStore(PORTOPT_STORE or data/portopt.sqlite)`."""
+    import os
+    target = None if path is None else str(path)
+    if (target or "").startswith(("http://", "https://")) or (target is None and os.environ.get("SUPABASE_URL")):
+        from portopt.supabase import SupabaseStore  # imported here: portopt.supabase builds on this module
+        return SupabaseStore(url=target)
     return SQLiteStore(path)
 
 def ensure_dataset(store: Store, name: str = "coingecko-daily") -> WriteResult | None:
