@@ -23,8 +23,9 @@ from .reports import run_report
 from .store import open_store
 
 # %% auto #0
-__all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt', 'run',
-           'import_', 'optimize_', 'backtest_', 'main']
+__all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt',
+           'supabase_app', 'run', 'import_', 'optimize_', 'backtest_', 'listen', 'schedule', 'supabase_up',
+           'supabase_env', 'supabase_down', 'supabase_migrate', 'main']
 
 # %% ../nbs/90_cli.ipynb #8cc73c10
 app = typer.Typer(help="portopt: collect, clean, store, optimize and backtest portfolios; reports as notebooks.",
@@ -139,6 +140,106 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, strategy: St
         return
     cols = ["total_return", "annualized_return", "annualized_volatility", "sharpe", "max_drawdown", "mean_turnover", "total_costs"]
     _echo_table(metrics_table(results)[cols].astype(float).round(4))
+
+# %% ../nbs/90_cli.ipynb #93b79eb6
+@app.command()
+def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending events, then exit (else: wait for new ones).")] = False,
+           papermill: Annotated[bool, typer.Option("--papermill/--direct", help="Rebalance by running reports/rebalance.ipynb "
+                                                   "(an executed notebook per run) or by calling portopt directly (faster).")] = True,
+           poll: Annotated[float, typer.Option(help="Seconds between polls (SQLite) or the longest wait for a NOTIFY (Supabase).")] = 1.0,
+           attempts: Annotated[int, typer.Option(help="Attempts of a failing handler before its event is recorded as a failed run.")] = 3,
+           webhook: Annotated[Optional[str], typer.Option(envvar="PORTOPT_WEBHOOK", help="Slack/Discord-compatible URL for new alerts.")] = None,
+           store: StoreOpt = None):
+    """Consume the events outbox: when prices, market metrics or holdings land, re-optimize the portfolios they touch,
+    store the new weights and the reallocation decision, raise alerts.
+
+    The store is Supabase when SUPABASE_URL and a key are set (then SUPABASE_DB_URL is needed too: the listener claims
+    events with FOR UPDATE SKIP LOCKED and wakes on LISTEN portopt_events), else the SQLite file (polled). Events written
+    while the listener is down are handled when it starts; a failing event ends as a failed row in `runs`. Ctrl-C stops."""
+    from .events import Listener
+    st = open_store(store)
+    listener = Listener(st, papermill=papermill, poll_interval=poll, attempts=attempts, webhook=webhook)
+    out = []
+    try:
+        if once:
+            out = listener.handle_pending()
+        else:
+            typer.echo(f"listening on {st.path} (Ctrl-C stops)", err=True)
+            out = listener.run()
+    except KeyboardInterrupt:
+        out = listener.outcomes
+    finally:
+        listener.close()
+        st.close()
+    failed = [o for o in out if o.status == "failed"]
+    typer.echo(f"handled {len(out) - len(failed)} event(s), {len(failed)} failed" +
+               "".join(f"\n  event {o.event_id} ({o.topic}): {o.error}" for o in failed))
+
+@app.command()
+def schedule(file: Annotated[Path, typer.Argument(help="TOML schedule: [[job]] tables with name, cron or every, report or call, parameters.")],
+             list_: Annotated[bool, typer.Option("--list", help="Check the file and list its jobs, then exit.")] = False,
+             run_now: Annotated[Optional[str], typer.Option("--run-now", help="Run this job once now (trigger manual), then exit.")] = None):
+    """Run report notebooks and jobs on a schedule (APScheduler, times in UTC); see schedule.example.toml.
+
+    Every run is a row in `runs` (trigger, parameters, status, start and end, output folder, error). A job never overlaps
+    itself; a failed run is recorded and the scheduler goes on. Ctrl-C stops."""
+    from .schedule import Scheduler, load_schedule
+    jobs = load_schedule(file)
+    if list_:
+        for j in jobs:
+            typer.echo(f"{j.name}: {'cron ' + j.cron if j.cron else 'every ' + j.every} -> "
+                       f"{'report ' + j.report if j.report else 'call ' + str(j.call)} {json.dumps(j.parameters)}")
+        return
+    sched = Scheduler(jobs)
+    if run_now:
+        if run_now not in sched.jobs:
+            raise ConfigError(f"no job {run_now!r} in {file}; jobs: {sorted(sched.jobs)}")
+        run_id = sched.run_job(run_now, trigger="manual")
+        with open_store() as st:
+            run = st.read_runs(200).set_index("id").loc[run_id]
+        typer.echo(f"{run_now}: {run['status']} (run {run_id}){': ' + run['error'] if run['error'] else ''}")
+        return 0 if run["status"] == "succeeded" else 1
+    typer.echo(f"scheduling {len(jobs)} job(s) from {file} (Ctrl-C stops)", err=True)
+    try:
+        sched.start(block=True)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+
+supabase_app = typer.Typer(help="The Supabase backend: the local stack (PostgreSQL + PostgREST + nginx) and migrations.",
+                           no_args_is_help=True)
+app.add_typer(supabase_app, name="supabase")
+
+def _stack(*args: str) -> int:
+    import subprocess
+    from .supabase import migrations_dir
+    script = migrations_dir().parent / "local" / "stack.py"
+    if not script.exists():
+        raise ConfigError(f"no {script}: the local stack runs from a checkout of portopt (make install)")
+    return subprocess.run([sys.executable, str(script), *args]).returncode
+
+@supabase_app.command("up")
+def supabase_up():
+    "Start the local stack (first use: a new PostgreSQL cluster with the migrations); prints SUPABASE_URL, keys and SUPABASE_DB_URL as JSON."
+    return _stack("up")
+
+@supabase_app.command("env")
+def supabase_env():
+    "The local stack's settings as shell exports: eval \"$(portopt supabase env)\"."
+    return _stack("env")
+
+@supabase_app.command("down")
+def supabase_down():
+    "Stop the local stack (its data folder stays; `up` starts it again)."
+    return _stack("down")
+
+@supabase_app.command("migrate")
+def supabase_migrate(db_url: Annotated[Optional[str], typer.Option(envvar="SUPABASE_DB_URL",
+                                                                  help="Postgres connection string of the project.")] = None):
+    "Apply the migrations of supabase/migrations/ not yet applied (for a hosted project without the Supabase CLI)."
+    from .supabase import apply_migrations
+    applied = apply_migrations(db_url)
+    typer.echo(f"applied {len(applied)} migration(s)" + "".join(f"\n  {a}" for a in applied))
+
 
 # %% ../nbs/90_cli.ipynb #5d636b48
 def main(argv: list[str] | None = None) -> int:
