@@ -91,6 +91,7 @@ def supabase_stack():
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as e:
         reason = f"the local Supabase stack did not start ({getattr(e, 'stderr', '') or e}); run `make supabase-up` to see why"
         stack.cmd("down", check=False)
+        shutil.rmtree(state, ignore_errors=True)
         if REQUIRE_STACK:
             pytest.fail(reason)
         pytest.skip(reason)
