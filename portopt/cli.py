@@ -146,6 +146,8 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, strategy: St
 def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending events, then exit (else: wait for new ones).")] = False,
            papermill: Annotated[bool, typer.Option("--papermill/--direct", help="Rebalance by running reports/rebalance.ipynb "
                                                    "(an executed notebook per run) or by calling portopt directly (faster).")] = True,
+           fresh_kernel: Annotated[bool, typer.Option("--fresh-kernel", help="Start a new kernel for every notebook run "
+                                                      "(slower) instead of one kept kernel cleared before each run.")] = False,
            poll: Annotated[float, typer.Option(help="Seconds between polls (SQLite) or the longest wait for a NOTIFY (Supabase).")] = 1.0,
            attempts: Annotated[int, typer.Option(help="Attempts of a failing handler before its event is recorded as a failed run.")] = 3,
            webhook: Annotated[Optional[str], typer.Option(envvar="PORTOPT_WEBHOOK", help="Slack/Discord-compatible URL for new alerts.")] = None,
@@ -158,7 +160,8 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
     while the listener is down are handled when it starts; a failing event ends as a failed row in `runs`. Ctrl-C stops."""
     from .events import Listener
     st = open_store(store)
-    listener = Listener(st, papermill=papermill, poll_interval=poll, attempts=attempts, webhook=webhook)
+    listener = Listener(st, papermill=papermill, poll_interval=poll, attempts=attempts, webhook=webhook,
+                        warm_kernel=not fresh_kernel)
     out = []
     try:
         if once:

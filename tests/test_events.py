@@ -210,3 +210,21 @@ def test_alerts_are_checked_stored_once_and_posted_to_a_webhook(tmp_path):
     server.shutdown()
     assert len(_Hook.received) == 5 and all(r["text"] == r["content"] and r["text"].startswith("[portopt ") for r in _Hook.received)
     assert any("utilization 0.95 is above the cap 0.9" in r["text"] for r in _Hook.received)
+
+
+def test_papermill_runs_share_one_warm_kernel_and_a_dead_one_is_replaced(store, env):
+    setup_portfolio(store)
+    listener = Listener(store, papermill=True)
+    try:
+        new_day(store, 1)
+        new_day(store, 2)
+        out = listener.run(max_events=2)
+        assert [o.status for o in out] == ["handled", "handled"] and listener.kernel.starts == 1
+        from jupyter_core.utils import run_sync
+        run_sync(listener.kernel.km.shutdown_kernel)(now=True)  # the kernel dies between runs
+        new_day(store, 3)
+        [third] = [o for o in listener.handle_pending() if o.topic == "prices"]
+        assert third.status == "handled" and listener.kernel.starts == 2
+    finally:
+        listener.close()
+    assert len(list(env.glob("*-rebalance/rebalance.ipynb"))) == 3 and len(store.read_reallocations("fund")) == 3
