@@ -125,6 +125,8 @@ def test_market_metrics_upsert_and_refuse_bad_values(store):
     with pytest.raises(DataError, match="is not a finite number"):
         st.write_market_metrics(m.assign(value=[0.5, float("inf")]), "solana:kamino")
     assert st.read_market_metrics()["value"].tolist() == [0.779, 0.790]
+    events = st.read_events("market_metrics")["payload"].tolist()
+    assert [(e["inserted"], e["updated"], e["assets"]) for e in events] == [(2, 0, ["USDC"]), (0, 1, ["USDC"])]
 
 
 def test_writing_the_same_batch_again_changes_nothing_and_emits_no_event(store):

@@ -60,6 +60,14 @@ def test_users_see_and_change_only_their_own_portfolios(stack):
     bob.client.table("portfolios").update({"wallet": "stolen"}).eq("portfolio", "alice-fund").execute()
     assert service(stack).read_portfolios().set_index("portfolio").loc["alice-fund", "wallet"] == "w1"
     assert service(stack).read_holdings("alice-fund").to_dict() == {"SOL": 3.0}
+    # results and alerts of Alice's portfolio are hers alone
+    svc = service(stack)
+    svc.write_optimization("min_variance", {"window": 30}, pd.Series({"SOL": 1.0}), {"sharpe": 1.0}, portfolio="alice-fund")
+    svc.write_alert("drift", "SOL off target", portfolio="alice-fund")
+    svc.write_backtest("hrp", {"portfolio": "alice-fund", "window": 30}, {"sharpe": 0.5},
+                       pd.Series([0.01], index=pd.date_range("2024-01-01", periods=1, tz="UTC")))
+    assert len(alice.read_optimizations()) == 1 and len(alice.read_alerts()) == 1 and len(alice.read_backtests()) == 1
+    assert bob.read_optimizations().empty and bob.read_alerts().empty and bob.read_backtests().empty
 
 
 def test_the_anon_key_reads_no_private_rows_and_the_service_role_reads_all(stack):
@@ -134,3 +142,30 @@ def test_open_store_picks_supabase_from_the_environment(stack, monkeypatch, tmp_
     assert isinstance(st, SupabaseStore) and st.path == stack.settings["SUPABASE_URL"]
     assert isinstance(open_store(tmp_path / "s.sqlite"), SQLiteStore)
     assert isinstance(open_store(stack.settings["SUPABASE_URL"]), SupabaseStore)
+
+
+def test_two_listeners_share_the_queue_and_handle_each_event_once(stack, monkeypatch):
+    import threading
+    from portopt.events import Listener
+    for k, v in stack.env_vars().items():
+        monkeypatch.setenv(k, v)
+    svc = service(stack)
+    seen, lock = [], threading.Lock()
+
+    def record(listener, topic, event_id, payload):
+        with lock:
+            seen.append(event_id)
+        return []
+
+    for i in range(12):
+        svc.client.table("events").insert({"topic": "work", "payload": {"i": i}}).execute()
+    listeners = [Listener(SupabaseStore(), papermill=False, handlers={"work": record}) for _ in range(2)]
+    threads = [threading.Thread(target=l.handle_pending) for l in listeners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for l in listeners:
+        l.close()
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 12  # each once, none lost
+    assert svc.read_events("work", pending_only=True).empty
