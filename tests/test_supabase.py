@@ -83,6 +83,12 @@ def test_the_anon_key_reads_no_private_rows_and_the_service_role_reads_all(stack
     for table in ("runs", "events"):
         with pytest.raises(Exception, match="permission denied"):
             anon.client.table(table).select("*").execute()
+    alice = as_user(stack, ALICE)
+    for who in (anon, alice):  # nobody but the service role writes the outbox, even through the trigger helper
+        with pytest.raises(Exception, match="permission denied"):
+            who.client.rpc("portopt_emit", {"p_topic": "prices", "p_payload": {"assets": ["SOL"]}}).execute()
+        with pytest.raises(Exception, match="permission denied"):
+            who.client.table("events").insert({"topic": "prices", "payload": {}}).execute()
     assert svc.read_portfolios()["portfolio"].tolist() == ["alice-fund", "bob-fund"]
     assert len(svc.read_events()) >= 2 and len(svc.read_alerts()) == 1
 

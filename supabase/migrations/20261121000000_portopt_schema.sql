@@ -269,7 +269,12 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.assets, public.prices, public.mar
 GRANT SELECT ON public.assets, public.prices, public.market_metrics, public.portfolios, public.holdings,
     public.optimizations, public.reallocations, public.backtests, public.alerts TO anon;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO authenticated;
-REVOKE EXECUTE ON FUNCTION public.portopt_emit(text, jsonb) FROM PUBLIC;
+-- A hosted project's default privileges grant anon and authenticated everything on new tables and functions:
+-- take back what they must not have (row-level security below guards the rest).
+REVOKE ALL ON public.runs, public.events FROM anon, authenticated;
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA public FROM anon;
+REVOKE TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA public FROM authenticated;
+REVOKE EXECUTE ON FUNCTION public.portopt_emit(text, jsonb) FROM PUBLIC, anon, authenticated;
 REVOKE EXECUTE ON FUNCTION public.write_prices(text, jsonb), public.write_market_metrics(text, jsonb) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.write_prices(text, jsonb), public.write_market_metrics(text, jsonb) TO service_role;
 
