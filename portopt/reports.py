@@ -47,10 +47,11 @@ def _run_folder(runs_dir: Path, name: str) -> Path:
 
 def run_report(name: str = "portfolio", parameters: dict | None = None, *, store: Store | None = None,
                trigger: str = "manual", reports_dir: Path | None = None, runs_dir: Path | None = None,
-               kernel_name: str = "python3", progress: bool = False) -> ReportRun:
+               kernel_name: str = "python3", progress: bool = False, kernel_manager=None) -> ReportRun:
     """Execute `reports/<name>.ipynb` with `parameters` (papermill) and export it to HTML.
 
-    `store`: where the run is recorded and the report reads (default: `open_store()`). Raises
+    `store`: where the run is recorded and the report reads (default: `open_store()`). `kernel_manager`: a
+    running jupyter_client kernel manager to execute in (the listener's warm kernel); default: a new kernel. Raises
     `ConfigError` for an unknown report and `ReportError` when a cell fails; either way a failed run
     is recorded with its error, and the partial notebook and HTML stay in the run's folder."""
     import papermill as pm
@@ -68,7 +69,8 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
         out, html = folder / f"{name}.ipynb", folder / f"{name}.html"
         try:
             pm.execute_notebook(str(source), str(out), parameters=dict(params, run_id=run_id), kernel_name=kernel_name,
-                                progress_bar=progress, cwd=str(reports_dir))
+                                progress_bar=progress, cwd=str(reports_dir),
+                                **({} if kernel_manager is None else {"km": kernel_manager}))
         except Exception as e:  # papermill raises PapermillExecutionError and kernel errors: all end the run as failed
             if out.exists():
                 export_html(out, html)

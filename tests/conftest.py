@@ -31,3 +31,85 @@ def cli(tmp_path, store_path):
             raise AssertionError(f"portopt {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
         return proc
     return run
+
+
+# -- the local Supabase stack -------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+STACK = ROOT / "supabase" / "local" / "stack.py"
+REQUIRE_STACK = os.environ.get("PORTOPT_REQUIRE_STACK") == "1"
+
+
+class Stack:
+    "The test session's own local Supabase stack (own data folder and ports), driven by the project's script."
+
+    def __init__(self, state_dir: Path, port: int):
+        self.env = dict(os.environ, PORTOPT_STACK_DIR=str(state_dir), PORTOPT_STACK_PORT=str(port))
+        self.env.pop("SUPABASE_JWT_SECRET", None)
+        self.settings: dict = {}
+
+    def cmd(self, *args, check=True):
+        return subprocess.run([sys.executable, str(STACK), *args], capture_output=True, text=True, env=self.env,
+                              timeout=120, check=check)
+
+    def up(self) -> dict:
+        import json
+        self.settings = json.loads(self.cmd("up").stdout)
+        return self.settings
+
+    def reset(self) -> None:
+        "Empty every portopt table (identities restart), as a fresh store would be."
+        import psycopg
+        from portopt.store import TABLES
+        with psycopg.connect(self.settings["SUPABASE_DB_URL"], autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {', '.join('public.' + t for t in TABLES)} RESTART IDENTITY CASCADE")
+
+    def env_vars(self) -> dict:
+        "The settings a `portopt` process needs to use this stack (service-role key)."
+        keys = ("SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_ANON_KEY", "SUPABASE_DB_URL", "SUPABASE_JWT_SECRET")
+        return {k: self.settings[k] for k in keys}
+
+    def user_token(self, user_id: str) -> str:
+        "A signed-in user's JWT (role `authenticated`, `sub` = the user's id), as Supabase Auth would issue it."
+        import time
+        import jwt
+        now = int(time.time())
+        return jwt.encode({"sub": user_id, "role": "authenticated", "aud": "authenticated", "iat": now, "exp": now + 3600},
+                          self.settings["SUPABASE_JWT_SECRET"], algorithm="HS256")
+
+
+@pytest.fixture(scope="session")
+def supabase_stack():
+    """The local stack, started once per session with `supabase/local/stack.py up`. Skips when it cannot start
+    (no PostgreSQL, nginx or PostgREST here), unless PORTOPT_REQUIRE_STACK=1: then the test fails."""
+    port = int(os.environ.get("PORTOPT_TEST_STACK_PORT", "55421"))
+    import shutil
+    import tempfile
+    state = Path(tempfile.mkdtemp(prefix="portopt-stack-"))  # under /tmp: reachable by the stack's unprivileged user
+    stack = Stack(state, port)
+    try:
+        stack.up()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as e:
+        reason = f"the local Supabase stack did not start ({getattr(e, 'stderr', '') or e}); run `make supabase-up` to see why"
+        stack.cmd("down", check=False)
+        shutil.rmtree(state, ignore_errors=True)
+        if REQUIRE_STACK:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield stack
+    stack.cmd("down", check=False)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "supabase"])
+def store(request, tmp_path):
+    "A fresh, empty store of each kind: the contract tests run against both."
+    if request.param == "sqlite":
+        from portopt.store import SQLiteStore
+        st = SQLiteStore(tmp_path / "store.sqlite")
+    else:
+        from portopt.supabase import SupabaseStore
+        stack = request.getfixturevalue("supabase_stack")
+        stack.reset()
+        st = SupabaseStore(stack.settings["SUPABASE_URL"], stack.settings["SUPABASE_SERVICE_ROLE_KEY"])
+    yield st
+    st.close()

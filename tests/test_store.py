@@ -1,4 +1,6 @@
-"""SQLiteStore: schema and migrations, point-in-time reads, sources, WAL readers, idempotent results."""
+"""The store contract, run against every store (`store` fixture: SQLiteStore and SupabaseStore on the local
+stack): point-in-time reads, sources, idempotent results, runs, holdings, metrics, alerts, reallocations,
+the events outbox. Then what only one store has: SQLite's schema version and WAL readers."""
 import sqlite3
 
 import pandas as pd
@@ -27,27 +29,27 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     assert bad.read_text().startswith("these are my notes")  # and the file is left as it was
 
 
-def test_as_of_reads_only_what_was_stamped_by_then(store_path):
-    with SQLiteStore(store_path) as st:
-        ensure_dataset(st)
-        p = st.read_prices(["BTC", "SOL"], as_of="2021-06-30")
-        assert p.index.max() == pd.Timestamp("2021-06-30", tz="UTC")
-        later = st.read_prices(["BTC"], start="2021-06-01", end="2021-06-30")
-        pd.testing.assert_series_equal(later["BTC"], p.loc["2021-06-01":, "BTC"])
+def test_as_of_reads_only_what_was_stamped_by_then(store):
+    st = store
+    ensure_dataset(st)
+    p = st.read_prices(["BTC", "SOL"], as_of="2021-06-30")
+    assert p.index.max() == pd.Timestamp("2021-06-30", tz="UTC")
+    later = st.read_prices(["BTC"], start="2021-06-01", end="2021-06-30")
+    pd.testing.assert_series_equal(later["BTC"], p.loc["2021-06-01":, "BTC"])
 
 
-def test_latest_recorded_source_wins_unless_a_source_is_named(store_path):
+def test_latest_recorded_source_wins_unless_a_source_is_named(store):
+    st = store
     long, _ = read_price_file(FIXTURES / "sol-usd-max.csv")
     other = long.assign(close=long["close"] * 1.5)
-    with SQLiteStore(store_path) as st:
-        st.write_prices(long, "coingecko")
-        st.write_prices(other, "exchange")
-        both = st.read_prices(["SOL"])["SOL"]
-        assert (both.to_numpy() == other["close"].to_numpy()).all()
-        first = st.read_prices(["SOL"], source="coingecko")["SOL"]
-        assert (first.to_numpy() == long["close"].to_numpy()).all()
-        cov = st.price_coverage()
-        assert sorted(cov["source"]) == ["coingecko", "exchange"] and cov["prices"].tolist() == [887, 887]
+    st.write_prices(long, "coingecko")
+    st.write_prices(other, "exchange")
+    both = st.read_prices(["SOL"])["SOL"]
+    assert (both.to_numpy() == other["close"].to_numpy()).all()
+    first = st.read_prices(["SOL"], source="coingecko")["SOL"]
+    assert (first.to_numpy() == long["close"].to_numpy()).all()
+    cov = st.price_coverage()
+    assert sorted(cov["source"]) == ["coingecko", "exchange"] and cov["prices"].tolist() == [887, 887]
 
 
 def test_readers_are_not_blocked_by_an_open_write(store_path):
@@ -63,63 +65,119 @@ def test_readers_are_not_blocked_by_an_open_write(store_path):
     writer.close()
 
 
-def test_results_are_upserted_on_their_natural_keys(store_path):
+def test_results_are_upserted_on_their_natural_keys(store):
+    st = store
     w = pd.Series({"BTC": 0.6, "ETH": 0.4})
     r = pd.Series([0.01, -0.02], index=pd.date_range("2022-01-01", periods=2, tz="UTC"))
-    with SQLiteStore(store_path) as st:
-        a = st.write_optimization("max_sharpe", {"window": 90}, w, {"sharpe": 1.2}, as_of="2022-01-01")
-        b = st.write_optimization("max_sharpe", {"window": 90}, w, {"sharpe": 1.2}, as_of="2022-01-01")
-        c = st.write_optimization("max_sharpe", {"window": 120}, w, {"sharpe": 1.1}, as_of="2022-01-01")
-        assert a == b != c and len(st.read_optimizations()) == 2
-        assert st.read_optimizations("max_sharpe").set_index("id").loc[a, "weights"] == {"BTC": 0.6, "ETH": 0.4}
-        x = st.write_backtest("hrp", {"window": 90, "start": pd.Timestamp("2022-01-01", tz="UTC")}, {"sharpe": 0.5}, r)
-        y = st.write_backtest("hrp", {"window": 90, "start": pd.Timestamp("2022-01-01", tz="UTC")}, {"sharpe": 0.5}, r)
-        assert x == y and len(st.read_backtests()) == 1
-        pd.testing.assert_series_equal(st.read_backtests().loc[0, "returns"], r, check_names=False, check_freq=False)
+    a = st.write_optimization("max_sharpe", {"window": 90}, w, {"sharpe": 1.2}, as_of="2022-01-01")
+    b = st.write_optimization("max_sharpe", {"window": 90}, w, {"sharpe": 1.2}, as_of="2022-01-01")
+    c = st.write_optimization("max_sharpe", {"window": 120}, w, {"sharpe": 1.1}, as_of="2022-01-01")
+    assert a == b != c and len(st.read_optimizations()) == 2
+    assert st.read_optimizations("max_sharpe").set_index("id").loc[a, "weights"] == {"BTC": 0.6, "ETH": 0.4}
+    x = st.write_backtest("hrp", {"window": 90, "start": pd.Timestamp("2022-01-01", tz="UTC")}, {"sharpe": 0.5}, r)
+    y = st.write_backtest("hrp", {"window": 90, "start": pd.Timestamp("2022-01-01", tz="UTC")}, {"sharpe": 0.5}, r)
+    assert x == y and len(st.read_backtests()) == 1
+    pd.testing.assert_series_equal(st.read_backtests().loc[0, "returns"], r, check_names=False, check_freq=False)
 
 
-def test_runs_are_recorded_with_their_outcome(store_path):
-    with SQLiteStore(store_path) as st:
-        ok = st.start_run("portfolio", {"window": 90}, trigger="schedule")
-        bad = st.start_run("portfolio", {"window": 5})
-        st.finish_run(ok, "succeeded", output_path="/tmp/x")
-        st.finish_run(bad, "failed", error="ConfigError: window too short")
-        runs = st.read_runs().set_index("id")
-        assert runs.loc[ok, ["status", "trigger", "output_path"]].tolist() == ["succeeded", "schedule", "/tmp/x"]
-        assert runs.loc[bad, "error"] == "ConfigError: window too short" and runs.loc[bad, "finished_at"] is not None
-        assert [e["status"] for e in st.read_events("runs")["payload"]] == ["succeeded", "failed"]
-        with pytest.raises(StoreError, match="no run"):
-            st.finish_run("nope", "failed")
+def test_runs_are_recorded_with_their_outcome(store):
+    st = store
+    ok = st.start_run("portfolio", {"window": 90}, trigger="schedule")
+    bad = st.start_run("portfolio", {"window": 5})
+    st.finish_run(ok, "succeeded", output_path="/tmp/x")
+    st.finish_run(bad, "failed", error="ConfigError: window too short")
+    runs = st.read_runs().set_index("id")
+    assert runs.loc[ok, ["status", "trigger", "output_path"]].tolist() == ["succeeded", "schedule", "/tmp/x"]
+    assert runs.loc[bad, "error"] == "ConfigError: window too short" and runs.loc[bad, "finished_at"] is not None
+    assert [e["status"] for e in st.read_events("runs")["payload"]] == ["succeeded", "failed"]
+    with pytest.raises(StoreError, match="no run"):
+        st.finish_run("nope", "failed")
 
 
-def test_holdings_are_point_in_time_snapshots_of_a_known_portfolio(store_path):
+def test_holdings_are_point_in_time_snapshots_of_a_known_portfolio(store):
+    st = store
     from portopt.config import DataError
-    with SQLiteStore(store_path) as st:
-        with pytest.raises(StoreError, match="no portfolio 'ghost'"):
-            st.write_holdings("ghost", pd.Series({"SOL": 1.0}), "2024-01-01")
-        st.upsert_portfolio("fund", wallet="9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin")
-        st.write_holdings("fund", pd.Series({"SOL": 10.0, "USDC": 5.0}), "2024-01-01")
-        st.write_holdings("fund", pd.Series({"SOL": 12.5}), "2024-02-01")
-        before = st.read_holdings("fund", as_of="2024-01-31")
-        assert before.to_dict() == {"SOL": 10.0, "USDC": 5.0} and st.read_holdings("fund").to_dict() == {"SOL": 12.5}
-        assert st.read_holdings("fund", as_of="2023-12-31").empty
-        events = len(st.read_events("holdings"))
-        with pytest.raises(DataError, match="negative units for \\['USDC'\\]"):
-            st.write_holdings("fund", pd.Series({"SOL": 1.0, "USDC": -2.0}), "2024-03-01")
-        assert st.read_holdings("fund").to_dict() == {"SOL": 12.5} and len(st.read_events("holdings")) == events
-        assert st.read_portfolios().loc[0, "wallet"].startswith("9xQe")
+    with pytest.raises(StoreError, match="no portfolio 'ghost'"):
+        st.write_holdings("ghost", pd.Series({"SOL": 1.0}), "2024-01-01")
+    st.upsert_portfolio("fund", wallet="9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin")
+    st.write_holdings("fund", pd.Series({"SOL": 10.0, "USDC": 5.0}), "2024-01-01")
+    st.write_holdings("fund", pd.Series({"SOL": 12.5}), "2024-02-01")
+    before = st.read_holdings("fund", as_of="2024-01-31")
+    assert before.to_dict() == {"SOL": 10.0, "USDC": 5.0} and st.read_holdings("fund").to_dict() == {"SOL": 12.5}
+    assert st.read_holdings("fund", as_of="2023-12-31").empty
+    events = len(st.read_events("holdings"))
+    with pytest.raises(DataError, match="negative units for \\['USDC'\\]"):
+        st.write_holdings("fund", pd.Series({"SOL": 1.0, "USDC": -2.0}), "2024-03-01")
+    assert st.read_holdings("fund").to_dict() == {"SOL": 12.5} and len(st.read_events("holdings")) == events
+    assert st.read_portfolios().loc[0, "wallet"].startswith("9xQe")
 
 
-def test_market_metrics_upsert_and_refuse_bad_values(store_path):
+def test_market_metrics_upsert_and_refuse_bad_values(store):
+    st = store
     from portopt.config import DataError
     m = pd.DataFrame({"timestamp": ["2025-11-03T00:00:00Z", "2025-11-04T00:00:00Z"], "asset": ["USDC", "USDC"],
                       "metric": ["utilization", "utilization"], "value": [0.779, 0.781]})
-    with SQLiteStore(store_path) as st:
-        assert st.write_market_metrics(m, "solana:kamino").inserted == 2
-        changed = st.write_market_metrics(m.assign(value=[0.779, 0.790]), "solana:kamino")
-        assert (changed.inserted, changed.updated, changed.unchanged) == (0, 1, 1)
-        got = st.read_market_metrics(["USDC"], as_of="2025-11-03T12:00:00Z")
-        assert got["value"].tolist() == [0.779] and got["source"].tolist() == ["solana:kamino"]
-        with pytest.raises(DataError, match="is not a finite number"):
-            st.write_market_metrics(m.assign(value=[0.5, float("inf")]), "solana:kamino")
-        assert st.read_market_metrics()["value"].tolist() == [0.779, 0.790]
+    assert st.write_market_metrics(m, "solana:kamino").inserted == 2
+    changed = st.write_market_metrics(m.assign(value=[0.779, 0.790]), "solana:kamino")
+    assert (changed.inserted, changed.updated, changed.unchanged) == (0, 1, 1)
+    got = st.read_market_metrics(["USDC"], as_of="2025-11-03T12:00:00Z")
+    assert got["value"].tolist() == [0.779] and got["source"].tolist() == ["solana:kamino"]
+    with pytest.raises(DataError, match="is not a finite number"):
+        st.write_market_metrics(m.assign(value=[0.5, float("inf")]), "solana:kamino")
+    assert st.read_market_metrics()["value"].tolist() == [0.779, 0.790]
+    events = st.read_events("market_metrics")["payload"].tolist()
+    assert [(e["inserted"], e["updated"], e["assets"]) for e in events] == [(2, 0, ["USDC"]), (0, 1, ["USDC"])]
+
+
+def test_writing_the_same_batch_again_changes_nothing_and_emits_no_event(store):
+    long, _ = read_price_file(FIXTURES / "usdc-usd-max.csv")
+    first = store.write_prices(long, "coingecko")
+    again = store.write_prices(long, "coingecko")
+    assert (first.inserted, first.updated, first.unchanged) == (1441, 0, 0)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 1441)
+    events = store.read_events("prices")
+    assert len(events) == 1 and events.loc[0, "payload"]["assets"] == ["USDC"] and events.loc[0, "payload"]["inserted"] == 1441
+
+
+def test_a_bad_batch_writes_nothing(store):
+    from portopt.config import DataError
+    long, _ = read_price_file(FIXTURES / "usdc-usd-max.csv")
+    bad = long.copy()
+    bad.loc[bad.index[-1], "close"] = -3.0
+    with pytest.raises(DataError, match="non-positive"):
+        store.write_prices(bad, "coingecko")
+    assert store.price_coverage().empty and store.read_events().empty
+
+
+def test_events_are_consumed_once(store):
+    store.upsert_portfolio("fund")
+    store.write_holdings("fund", pd.Series({"SOL": 1.0}), "2024-01-01")
+    store.write_holdings("fund", pd.Series({"SOL": 2.0}), "2024-01-02")
+    pending = store.read_events(pending_only=True)
+    assert pending["topic"].tolist() == ["holdings", "holdings"]
+    assert [p["ts"] for p in pending["payload"]] == ["2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z"]
+    assert store.mark_events_consumed(pending["id"].tolist()[:1]) == 1
+    assert store.mark_events_consumed(pending["id"].tolist()) == 1  # the first was consumed already
+    assert store.read_events(pending_only=True).empty and store.read_events()["consumed_at"].notna().all()
+
+
+def test_alerts_open_and_resolve(store):
+    store.upsert_portfolio("fund")
+    a = store.write_alert("drift", "SOL is 12% off target", portfolio="fund")
+    b = store.write_alert("stale_data", "no SOL price since 2024-01-01")
+    assert store.read_alerts()["id"].tolist() == [b, a]
+    store.resolve_alert(a)
+    assert store.read_alerts()["id"].tolist() == [b] and len(store.read_alerts(open_only=False)) == 2
+    with pytest.raises(StoreError, match=f"no open alert {a}"):
+        store.resolve_alert(a)
+    assert [p["kind"] for p in store.read_events("alerts")["payload"]] == ["drift", "stale_data"]
+
+
+def test_reallocations_are_upserted_on_their_natural_key(store):
+    store.upsert_portfolio("fund", settings={"assets": ["SOL", "USDC"]})
+    plan = {"target": {"SOL": 0.5, "USDC": 0.5}, "trades": {"SOL": -1.5, "USDC": 150.0}}
+    a = store.write_reallocation("fund", "2024-01-02", "planned", plan)
+    b = store.write_reallocation("fund", "2024-01-02", "planned", plan)
+    got = store.read_reallocations("fund")
+    assert a == b and len(got) == 1 and got.loc[0, "plan"] == plan and got.loc[0, "as_of"] == "2024-01-02T00:00:00Z"
+    assert store.read_reallocations("other").empty

@@ -1,0 +1,230 @@
+"""The listener end to end, on both stores: new data -> rebalance (papermill or direct) -> weights and a
+reallocation row; events written while it is down; a malformed payload; retries; a database restart; alerts."""
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from portopt.events import Alert, Listener, check_alerts, raise_alerts
+
+DAYS = pd.date_range("2024-01-01", periods=120, freq="D", tz="UTC")
+
+
+def prices(days, seed=0):
+    "A long price frame of SOL (a random walk) and USDC (1.0) on `days`."
+    rng = np.random.default_rng(seed)
+    sol = 100 * np.exp(np.cumsum(rng.normal(0, 0.03, len(days))))
+    return pd.DataFrame({"timestamp": list(days) * 2, "asset": ["SOL"] * len(days) + ["USDC"] * len(days),
+                         "close": list(sol) + [1.0] * len(days)})
+
+
+def setup_portfolio(store):
+    "Prices for 120 days and a portfolio holding SOL and USDC; every event so far consumed (a clean queue)."
+    store.write_prices(prices(DAYS), "test")
+    store.upsert_portfolio("fund", settings={"assets": ["SOL", "USDC"], "strategy": "min_variance", "window": 30, "band": 0.05})
+    store.write_holdings("fund", pd.Series({"SOL": 10.0, "USDC": 100.0}), DAYS[0])
+    store.mark_events_consumed(store.read_events(pending_only=True)["id"].tolist())
+
+
+def new_day(store, k):
+    "Prices of day 120 + k through the store (SQLite) or straight into the REST API (Supabase)."
+    day = DAYS[-1] + pd.Timedelta(days=k)
+    if hasattr(store, "client"):
+        store.client.table("prices").insert([{"asset": "SOL", "ts": day.isoformat(), "source": "rest", "close": 100.0 + k},
+                                             {"asset": "USDC", "ts": day.isoformat(), "source": "rest", "close": 1.0}]).execute()
+    else:
+        store.write_prices(pd.DataFrame({"timestamp": [day, day], "asset": ["SOL", "USDC"], "close": [100.0 + k, 1.0]}), "rest")
+    return day
+
+
+@pytest.fixture
+def env(store, monkeypatch, tmp_path, request):
+    "The listener's environment: runs under tmp_path; for Supabase, the stack's settings (papermill kernels inherit them)."
+    monkeypatch.setenv("PORTOPT_RUNS", str(tmp_path / "runs"))
+    if hasattr(store, "client"):
+        for k, v in request.getfixturevalue("supabase_stack").env_vars().items():
+            monkeypatch.setenv(k, v)
+    return tmp_path / "runs"
+
+
+def test_new_prices_run_the_notebook_and_store_weights_and_a_reallocation(store, env):
+    setup_portfolio(store)
+    day = new_day(store, 1)
+    listener = Listener(store, papermill=True)
+    [outcome] = listener.run(max_events=1)
+    listener.close()
+    assert outcome.status == "handled" and outcome.topic == "prices" and len(outcome.runs) == 1
+    opt = store.read_optimizations()
+    assert opt.loc[0, "portfolio"] == "fund" and opt.loc[0, "as_of"] == day.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert abs(sum(opt.loc[0, "weights"].values()) - 1) < 1e-6
+    realloc = store.read_reallocations("fund")
+    assert len(realloc) == 1 and realloc.loc[0, "status"] in ("planned", "none_needed")
+    assert realloc.loc[0, "plan"]["optimization_id"] == opt.loc[0, "id"]
+    run = store.read_runs().set_index("id").loc[outcome.runs[0]]
+    assert (run["job"], run["trigger"], run["status"]) == ("rebalance", "event", "succeeded")
+    executed = env.glob("*-rebalance/rebalance.ipynb")
+    nb = json.loads(next(executed).read_text())
+    assert any("fund" in "".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert store.read_events("prices", pending_only=True).empty
+
+
+def test_events_written_while_the_listener_is_down_are_each_handled_once(store, env):
+    setup_portfolio(store)
+    for k in (1, 2, 3):
+        new_day(store, k)
+    assert len(store.read_events(pending_only=True)) == 3
+    listener = Listener(store, papermill=False)
+    out = listener.run(max_events=3)
+    assert [o.status for o in out] == ["handled"] * 3
+    rest = listener.handle_pending()  # what the runs themselves announced; no price event twice
+    listener.close()
+    assert {o.topic for o in rest} <= {"runs", "alerts"}
+    runs = store.read_runs()
+    assert sorted(runs.loc[runs["trigger"] == "event", "status"]) == ["succeeded"] * 3
+    assert len(store.read_reallocations("fund")) == 3 and store.read_events(pending_only=True).empty
+
+
+def insert_raw_event(store, topic, payload):
+    "An outbox row as a foreign writer might leave it."
+    if hasattr(store, "client"):
+        store.client.table("events").insert({"topic": topic, "payload": payload}).execute()
+    else:
+        store.conn.execute("INSERT INTO events (topic, payload, created_at) VALUES (?, ?, '2024-01-01T00:00:00Z')",
+                           (topic, json.dumps(payload)))
+
+
+def test_a_malformed_payload_is_recorded_as_an_error_and_does_not_block_the_queue(store, env):
+    setup_portfolio(store)
+    insert_raw_event(store, "prices", {"assets": "SOL"})  # assets must be a list
+    new_day(store, 1)
+    listener = Listener(store, papermill=False, backoff=0.01)
+    bad, good = listener.run(max_events=2)
+    listener.close()
+    assert (bad.status, bad.attempts, good.status) == ("failed", 1, "handled")  # no retry for a malformed payload
+    failed = store.read_runs().set_index("id").loc[bad.runs[0]]
+    assert failed["job"] == "event:prices" and failed["status"] == "failed" and "has no list of assets" in failed["error"]
+    assert failed["parameters"]["payload"] == {"assets": "SOL"}
+    assert store.read_events("prices", pending_only=True).empty
+
+
+def test_a_failing_handler_is_retried_then_recorded(store, env):
+    calls = []
+
+    def flaky(listener, topic, event_id, payload):
+        calls.append(event_id)
+        if len(calls) < 3:
+            raise RuntimeError("the market API timed out")
+        return []
+
+    def broken(listener, topic, event_id, payload):
+        raise RuntimeError("always down")
+
+    insert_raw_event(store, "flaky", {})
+    insert_raw_event(store, "broken", {})
+    listener = Listener(store, papermill=False, attempts=3, backoff=0.01, handlers={"flaky": flaky, "broken": broken})
+    a, b = listener.run(max_events=2)
+    listener.close()
+    assert (a.status, a.attempts, len(calls)) == ("handled", 3, 3)
+    assert (b.status, b.attempts) == ("failed", 3) and "always down" in store.read_runs().set_index("id").loc[b.runs[0], "error"]
+    assert store.read_events("flaky", pending_only=True).empty and store.read_events("broken", pending_only=True).empty
+
+
+def test_the_listener_reconnects_after_postgresql_restarts(supabase_stack, monkeypatch, tmp_path):
+    from portopt.supabase import SupabaseStore
+    supabase_stack.reset()
+    for k, v in supabase_stack.env_vars().items():
+        monkeypatch.setenv(k, v)
+    store = SupabaseStore()
+    setup_portfolio(store)
+    listener = Listener(store, papermill=False, poll_interval=0.2, backoff=0.1)
+    stop, out = threading.Event(), []
+    thread = threading.Thread(target=lambda: out.extend(listener.run(stop)))
+    thread.start()
+
+    def handled(n, seconds=60):
+        deadline = time.monotonic() + seconds
+        count = lambda: sum(o.topic == "prices" for o in listener.outcomes)
+        while time.monotonic() < deadline and count() < n:
+            time.sleep(0.1)
+        return count()
+
+    try:
+        new_day(store, 1)
+        assert handled(1) == 1
+        supabase_stack.cmd("restart-db")
+        deadline = time.monotonic() + 60
+        while True:  # PostgREST reconnects too; retry the insert until it answers
+            try:
+                new_day(store, 2)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert handled(2) == 2
+    finally:
+        stop.set()
+        thread.join(30)
+        listener.close()
+    assert [o.status for o in out if o.topic == "prices"] == ["handled", "handled"]
+    assert store.read_events(pending_only=True).empty
+    assert len(store.read_reallocations("fund")) == 2
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received = []
+
+    def do_POST(self):
+        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alerts_are_checked_stored_once_and_posted_to_a_webhook(tmp_path):
+    from portopt.store import SQLiteStore
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/hook"
+    with SQLiteStore(tmp_path / "s.sqlite") as st:
+        st.write_prices(prices(DAYS, seed=3), "test")
+        st.write_market_metrics(pd.DataFrame({"timestamp": [DAYS[-1]] * 2, "asset": ["USDC", "USDC"],
+                                              "metric": ["utilization", "available_liquidity"], "value": [0.95, 1e5]}), "kamino")
+        st.upsert_portfolio("fund", settings={"assets": ["SOL", "USDC"], "max_drawdown": 0.01, "utilization_cap": 0.9,
+                                              "liquidity_floor": 1e6, "stale_after_hours": 24})
+        st.write_holdings("fund", pd.Series({"SOL": 10.0, "USDC": 100.0}), DAYS[0])
+        later = DAYS[-1] + pd.Timedelta(days=3)
+        alerts = check_alerts(st, "fund", as_of=later, plan={"drift": {"SOL": 0.2, "USDC": -0.2}})
+        kinds = sorted(a.kind for a in alerts)
+        assert kinds == ["drawdown", "drift", "liquidity", "stale_data", "stale_data", "utilization"]
+        ids = raise_alerts(st, alerts, webhook=url)
+        assert len(ids) == 5  # one open alert per portfolio and kind: the second stale_data joins the first
+        assert raise_alerts(st, alerts, webhook=url) == []
+        assert sorted(st.read_alerts()["kind"]) == ["drawdown", "drift", "liquidity", "stale_data", "utilization"]
+    server.shutdown()
+    assert len(_Hook.received) == 5 and all(r["text"] == r["content"] and r["text"].startswith("[portopt ") for r in _Hook.received)
+    assert any("utilization 0.95 is above the cap 0.9" in r["text"] for r in _Hook.received)
+
+
+def test_papermill_runs_share_one_warm_kernel_and_a_dead_one_is_replaced(store, env):
+    setup_portfolio(store)
+    listener = Listener(store, papermill=True)
+    try:
+        new_day(store, 1)
+        new_day(store, 2)
+        out = listener.run(max_events=2)
+        assert [o.status for o in out] == ["handled", "handled"] and listener.kernel.starts == 1
+        from jupyter_core.utils import run_sync
+        run_sync(listener.kernel.km.shutdown_kernel)(now=True)  # the kernel dies between runs
+        new_day(store, 3)
+        [third] = [o for o in listener.handle_pending() if o.topic == "prices"]
+        assert third.status == "handled" and listener.kernel.starts == 2
+    finally:
+        listener.close()
+    assert len(list(env.glob("*-rebalance/rebalance.ipynb"))) == 3 and len(store.read_reallocations("fund")) == 3

@@ -1,0 +1,177 @@
+"""Supabase-only guarantees, against the local stack through its REST API (supabase-py) and its database:
+row-level security, the rpc functions, the outbox triggers, one transaction per batch, the same columns as SQLite."""
+import sqlite3
+import uuid
+
+import pandas as pd
+import psycopg
+import pytest
+
+from portopt.config import StoreError
+from portopt.store import TABLES, SQLiteStore, open_store
+from portopt.supabase import SupabaseStore
+
+ALICE, BOB = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+@pytest.fixture
+def stack(supabase_stack):
+    supabase_stack.reset()
+    return supabase_stack
+
+
+def as_user(stack, user_id):
+    s = stack.settings
+    return SupabaseStore(s["SUPABASE_URL"], s["SUPABASE_ANON_KEY"], access_token=stack.user_token(user_id))
+
+
+def service(stack):
+    s = stack.settings
+    return SupabaseStore(s["SUPABASE_URL"], s["SUPABASE_SERVICE_ROLE_KEY"])
+
+
+def test_tables_have_the_same_columns_as_sqlite(stack, tmp_path):
+    with SQLiteStore(tmp_path / "s.sqlite") as lite:
+        sqlite_cols = {t: [r[1] for r in lite.conn.execute(f"PRAGMA table_info({t})")] for t in TABLES}
+    with psycopg.connect(stack.settings["SUPABASE_DB_URL"]) as conn:
+        pg_cols = {t: [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                                                  "'public' AND table_name = %s ORDER BY ordinal_position", (t,))]
+                   for t in TABLES}
+    assert pg_cols == sqlite_cols
+
+
+def test_users_see_and_change_only_their_own_portfolios(stack):
+    alice, bob = as_user(stack, ALICE), as_user(stack, BOB)
+    alice.upsert_portfolio("alice-fund", settings={"assets": ["SOL"]})  # owner defaults to the signed-in user
+    alice.write_holdings("alice-fund", pd.Series({"SOL": 3.0}), "2024-01-01")
+    alice.upsert_portfolio("alice-fund", wallet="w1")  # an upsert: INSERT, UPDATE and SELECT policies
+    bob.upsert_portfolio("bob-fund")
+    assert alice.read_portfolios()["portfolio"].tolist() == ["alice-fund"]
+    assert alice.read_portfolios().loc[0, "owner"] == ALICE and alice.read_portfolios().loc[0, "wallet"] == "w1"
+    assert bob.read_portfolios()["portfolio"].tolist() == ["bob-fund"]
+    assert bob.read_holdings("alice-fund").empty  # invisible, not an error
+    with pytest.raises(StoreError, match="no portfolio 'alice-fund'"):
+        bob.write_holdings("alice-fund", pd.Series({"SOL": 99.0}), "2024-01-02")
+    with pytest.raises(StoreError, match="permission denied|row-level security"):
+        bob.upsert_portfolio("alice-fund", owner=BOB)  # taking over someone's portfolio
+    with pytest.raises(StoreError, match="row-level security"):
+        bob.write_reallocation("alice-fund", "2024-01-02", "planned", {"trades": {}})
+    # Bob's update of Alice's row through the REST API matches no row and changes nothing
+    bob.client.table("portfolios").update({"wallet": "stolen"}).eq("portfolio", "alice-fund").execute()
+    assert service(stack).read_portfolios().set_index("portfolio").loc["alice-fund", "wallet"] == "w1"
+    assert service(stack).read_holdings("alice-fund").to_dict() == {"SOL": 3.0}
+    # results and alerts of Alice's portfolio are hers alone
+    svc = service(stack)
+    svc.write_optimization("min_variance", {"window": 30}, pd.Series({"SOL": 1.0}), {"sharpe": 1.0}, portfolio="alice-fund")
+    svc.write_alert("drift", "SOL off target", portfolio="alice-fund")
+    svc.write_backtest("hrp", {"portfolio": "alice-fund", "window": 30}, {"sharpe": 0.5},
+                       pd.Series([0.01], index=pd.date_range("2024-01-01", periods=1, tz="UTC")))
+    assert len(alice.read_optimizations()) == 1 and len(alice.read_alerts()) == 1 and len(alice.read_backtests()) == 1
+    assert bob.read_optimizations().empty and bob.read_alerts().empty and bob.read_backtests().empty
+
+
+def test_the_anon_key_reads_no_private_rows_and_the_service_role_reads_all(stack):
+    as_user(stack, ALICE).upsert_portfolio("alice-fund")
+    as_user(stack, BOB).upsert_portfolio("bob-fund")
+    svc = service(stack)
+    svc.write_prices(pd.DataFrame({"timestamp": pd.to_datetime(["2024-01-01"], utc=True), "asset": ["SOL"], "close": [100.0]}), "x")
+    svc.write_alert("drift", "off target", portfolio="alice-fund")
+    s = stack.settings
+    anon = SupabaseStore(s["SUPABASE_URL"], s["SUPABASE_ANON_KEY"])
+    for table in ("portfolios", "holdings", "optimizations", "reallocations", "backtests", "alerts", "prices"):
+        assert anon.client.table(table).select("*").execute().data == [], table
+    for table in ("runs", "events"):
+        with pytest.raises(Exception, match="permission denied"):
+            anon.client.table(table).select("*").execute()
+    alice = as_user(stack, ALICE)
+    for who in (anon, alice):  # nobody but the service role writes the outbox, even through the trigger helper
+        with pytest.raises(Exception, match="permission denied"):
+            who.client.rpc("portopt_emit", {"p_topic": "prices", "p_payload": {"assets": ["SOL"]}}).execute()
+        with pytest.raises(Exception, match="permission denied"):
+            who.client.table("events").insert({"topic": "prices", "payload": {}}).execute()
+    assert svc.read_portfolios()["portfolio"].tolist() == ["alice-fund", "bob-fund"]
+    assert len(svc.read_events()) >= 2 and len(svc.read_alerts()) == 1
+
+
+def test_market_data_is_read_by_users_and_written_by_the_service_role_only(stack):
+    frame = pd.DataFrame({"timestamp": pd.to_datetime(["2024-01-01"], utc=True), "asset": ["SOL"], "close": [100.0]})
+    service(stack).write_prices(frame, "x")
+    alice = as_user(stack, ALICE)
+    assert alice.read_prices(["SOL"])["SOL"].tolist() == [100.0]
+    with pytest.raises(StoreError, match="permission denied"):
+        alice.write_prices(frame.assign(close=1.0), "x")
+    with pytest.raises(Exception, match="row-level security|permission denied"):
+        alice.client.table("prices").insert({"asset": "SOL", "ts": "2024-01-02T00:00:00Z", "source": "x", "close": 1}).execute()
+    assert service(stack).read_prices(["SOL"])["SOL"].tolist() == [100.0]
+
+
+def test_rpc_functions_history_and_portfolio_statistics(stack):
+    svc = service(stack)
+    t = pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"], utc=True)
+    svc.write_prices(pd.DataFrame({"timestamp": list(t) * 2, "asset": ["SOL"] * 3 + ["USDC"] * 3,
+                                   "close": [100.0, 110.0, 120.0, 1.0, 1.0, 1.0]}), "x")
+    rows = svc.client.rpc("get_historical_data", {"assets": ["SOL"], "start": "2024-01-02", "end": "2024-01-03"}).execute().data
+    assert [(r["ts"][:10], r["close"]) for r in rows] == [("2024-01-02", 110.0), ("2024-01-03", 120.0)]
+    svc.upsert_portfolio("fund")
+    svc.write_holdings("fund", pd.Series({"SOL": 1.0, "USDC": 90.0}), "2024-01-01")
+    stats = svc.client.rpc("calculate_portfolio_statistics", {"portfolio_id": "fund", "as_of": "2024-01-02"}).execute().data
+    assert stats["value"] == 200.0 and stats["weights"] == {"SOL": 0.55, "USDC": 0.45} and stats["missing"] == []
+
+
+def test_a_failing_batch_function_writes_nothing_not_even_its_event(stack):
+    svc = service(stack)
+    rows = [{"asset": "SOL", "ts": "2024-01-01T00:00:00Z", "close": 100.0}, {"asset": "SOL", "ts": "2024-01-02T00:00:00Z", "close": -1.0}]
+    with pytest.raises(StoreError, match="prices_close_check"):
+        svc._rpc("write_prices", {"p_source": "x", "p_rows": rows})
+    assert svc.price_coverage().empty and svc.read_events().empty
+    assert svc.client.table("assets").select("*").execute().data == []
+
+
+def test_a_rest_insert_of_many_rows_writes_one_event_and_notifies(stack):
+    svc = service(stack)
+    svc.client.table("assets").insert({"asset": "SOL"}).execute()
+    with psycopg.connect(stack.settings["SUPABASE_DB_URL"], autocommit=True) as listener:
+        listener.execute("LISTEN portopt_events")
+        rows = [{"asset": "SOL", "ts": f"2024-01-0{d}T00:00:00Z", "source": "rest", "close": 100.0 + d} for d in range(1, 6)]
+        svc.client.table("prices").insert(rows).execute()
+        note = next(listener.notifies(timeout=10))
+    events = svc.read_events("prices")
+    assert len(events) == 1 and events.loc[0, "payload"]["inserted"] == 5
+    assert events.loc[0, "payload"]["start"] == "2024-01-01T00:00:00Z" and events.loc[0, "payload"]["end"] == "2024-01-05T00:00:00Z"
+    assert note.channel == "portopt_events" and f'"id" : {events.loc[0, "id"]}' in note.payload
+
+
+def test_open_store_picks_supabase_from_the_environment(stack, monkeypatch, tmp_path):
+    for k, v in stack.env_vars().items():
+        monkeypatch.setenv(k, v)
+    st = open_store()
+    assert isinstance(st, SupabaseStore) and st.path == stack.settings["SUPABASE_URL"]
+    assert isinstance(open_store(tmp_path / "s.sqlite"), SQLiteStore)
+    assert isinstance(open_store(stack.settings["SUPABASE_URL"]), SupabaseStore)
+
+
+def test_two_listeners_share_the_queue_and_handle_each_event_once(stack, monkeypatch):
+    import threading
+    from portopt.events import Listener
+    for k, v in stack.env_vars().items():
+        monkeypatch.setenv(k, v)
+    svc = service(stack)
+    seen, lock = [], threading.Lock()
+
+    def record(listener, topic, event_id, payload):
+        with lock:
+            seen.append(event_id)
+        return []
+
+    for i in range(12):
+        svc.client.table("events").insert({"topic": "work", "payload": {"i": i}}).execute()
+    listeners = [Listener(SupabaseStore(), papermill=False, handlers={"work": record}) for _ in range(2)]
+    threads = [threading.Thread(target=l.handle_pending) for l in listeners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for l in listeners:
+        l.close()
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 12  # each once, none lost
+    assert svc.read_events("work", pending_only=True).empty
