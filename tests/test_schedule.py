@@ -73,7 +73,7 @@ def test_schedule_run_now_records_a_manual_run_of_the_report(cli, tmp_path, stor
     with SQLiteStore(store_path) as st:
         run = st.read_runs().iloc[0]
         assert (run["job"], run["trigger"], run["status"]) == ("rebalance", "manual", "succeeded")
-        assert (tmp_path / "runs").exists() and st.read_reallocations("demo")["status"].tolist() == ["planned"]
+        assert (tmp_path / "runs").exists() and st.read_reallocations("rebalance-demo")["status"].tolist() == ["planned"]
 
 
 def test_listen_once_handles_what_is_pending(cli, store_path):
