@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help install run test lab export clean-nbs check-nbdev supabase-install supabase-up supabase-down supabase-env
+.PHONY: help install run test bench dashboard lab export clean-nbs check-nbdev supabase-install supabase-up supabase-down supabase-env
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ run:  ## the main job: bundled data into the store, the portfolio report, metric
 test:  ## the whole suite: nbdev_test over nbs/, then pytest over tests/ and reports/ (nbval)
 	$(BIN)/nbdev_test --do_print
 	$(BIN)/python -m pytest
+
+bench:  ## walk-forward benchmark: riskfolio-lib per window, skfolio WalkForward, portopt's fast path (a few minutes)
+	$(BIN)/python bench/walkforward.py
 
 lab:  ## JupyterLab on the project, with nbdev's git hooks so saved notebooks stay clean
 	$(BIN)/nbdev_install_hooks
