@@ -24,6 +24,9 @@ test:  ## the whole suite: nbdev_test over nbs/, then pytest over tests/ and rep
 bench:  ## walk-forward benchmark: riskfolio-lib per window, skfolio WalkForward, portopt's fast path (a few minutes)
 	$(BIN)/python bench/walkforward.py
 
+dashboard:  ## serve reports/ as read-only Voila apps on http://127.0.0.1:8866 (the overview: /voila/render/dashboard.ipynb)
+	$(BIN)/voila reports/ --no-browser --port=8866 --Voila.ip=127.0.0.1
+
 lab:  ## JupyterLab on the project, with nbdev's git hooks so saved notebooks stay clean
 	$(BIN)/nbdev_install_hooks
 	$(BIN)/jupyter lab

@@ -69,3 +69,22 @@ def test_compare_reports_metrics_that_agree_with_the_returns(prices):
     assert m["annualized_return"] == annualized_return(r, periods_per_year=365)
     assert m["sharpe"] == sharpe_ratio(r, periods_per_year=365) and m["max_drawdown"] == max_drawdown(r)
     assert m["sharpe"] != sharpe_ratio(r, periods_per_year=252)  # the annualization is the one asked for
+
+
+def test_market_impact_is_the_reallocation_model(prices):
+    from portopt.data import load_volumes
+    from portopt.reallocate import square_root_impact
+    volumes = load_volumes(assets=ASSETS, start="2020-01-01")
+    kw = dict(periods_per_year=365, window=90, rebalance_every=30, start="2021-03-01")
+    plain = walk_forward(prices, "equal_weight", **kw)
+    hit = walk_forward(prices, "equal_weight", volumes=volumes, impact_coefficient=1.0, capital=1e8, **kw)
+    t0, r = hit.weights.index[0], prices.pct_change()
+    # the first rebalance buys from cash: each asset's trade is its weight times the capital
+    expected = sum(square_root_impact(w * 1e8, volumes.loc[volumes.index < t0, a].iloc[-30:].mean(),
+                                      r.loc[r.index < t0, a].iloc[-30:].std(), 1.0)
+                   for a, w in hit.weights.loc[t0].items() if w > 0) / 1e8
+    assert hit.impact.iloc[0] == pytest.approx(expected) and expected > 0
+    assert 1 + hit.returns[t0] == pytest.approx((1 + plain.returns[t0]) * (1 - expected))
+    assert hit.metrics()["total_impact"] == pytest.approx(hit.impact.sum())
+    with pytest.raises(Exception, match="market impact needs volumes"):
+        walk_forward(prices, "equal_weight", impact_coefficient=1.0, **kw)

@@ -222,3 +222,14 @@ def test_risk_parity_budgets_are_met(window):
     budgets = {"BTC": 0.3, "ETH": 0.2, "SOL": 0.1, "BNB": 0.1, "ADA": 0.1, "USDC": 0.2}
     a = optimize(window, "risk_parity", budgets=budgets, periods_per_year=365)
     assert np.allclose(a.risk_contributions[list(budgets)], list(budgets.values()), atol=2e-3)
+
+
+def test_max_sharpe_when_no_asset_beats_the_risk_free_rate():
+    # riskfolio-lib's ratio program degenerates here and a solver may report "solved" with arbitrary weights
+    falling = estimation_window(returns(load_prices(assets=["BTC", "ETH", "SOL", "BNB"])), window=120, end="2022-02-25")
+    assert (falling.mean() < 0).all()
+    a = optimize(falling, "max_sharpe", periods_per_year=365)
+    singles = falling.mean() / falling.std() * np.sqrt(365)
+    assert a.diagnostics["solver"] == "frontier search" and a.sharpe >= singles.max() - 1e-9
+    with pytest.raises(OptimizationError, match="maximum return/risk ratio is not defined"):
+        optimize(falling, "max_ratio", risk_measure="cvar", periods_per_year=365)
