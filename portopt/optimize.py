@@ -304,9 +304,7 @@ def risk_value(weights: pd.Series, returns: pd.DataFrame, risk_measure: str = "v
     rm = _code(RISK_MEASURES, risk_measure, "risk measure")
     w = weights.reindex(returns.columns).fillna(0.0).to_frame().to_numpy()
     cov = returns.cov() if cov is None else cov
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(rp.Sharpe_Risk(returns=returns, w=w, cov=cov, rm=rm, rf=0, alpha=alpha))
+    return float(_quiet(rp.Sharpe_Risk, returns=returns, w=w, cov=cov, rm=rm, rf=0, alpha=alpha)[0])
 
 def risk_contributions(weights: pd.Series, returns: pd.DataFrame, risk_measure: str = "variance",
                        alpha: float = 0.05, cov=None) -> pd.Series:
@@ -315,9 +313,7 @@ def risk_contributions(weights: pd.Series, returns: pd.DataFrame, risk_measure: 
     rm = _code(RISK_MEASURES, risk_measure, "risk measure")
     w = weights.reindex(returns.columns).fillna(0.0).to_frame().to_numpy()
     cov = returns.cov() if cov is None else cov
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rc = np.asarray(rp.Risk_Contribution(w, returns, cov, rm=rm, rf=0, alpha=alpha), dtype=float).ravel()
+    rc = np.asarray(_quiet(rp.Risk_Contribution, w, returns, cov, rm=rm, rf=0, alpha=alpha)[0], dtype=float).ravel()
     total = rc.sum()
     return pd.Series(rc / total if total else np.full(len(rc), np.nan), index=returns.columns)
 

@@ -281,6 +281,15 @@ def _executemany_chunked(conn: sqlite3.Connection, sql: str, rows: list, chunk: 
     for i in range(0, len(rows), chunk):
         conn.executemany(sql, rows[i:i + chunk])
 
+def _counted_upsert(conn: sqlite3.Connection, sql: str, rows: list, table: str, key: str, value) -> WriteResult:
+    "Run the upsert `sql` for `rows` and say what it did, counting `table`'s rows where `key` = `value` before and after."
+    count = f"SELECT count(*) FROM {table} WHERE {key} = ?"
+    before, changes0 = conn.execute(count, (value,)).fetchone()[0], conn.total_changes
+    _executemany_chunked(conn, sql, rows)
+    changed = conn.total_changes - changes0
+    inserted = conn.execute(count, (value,)).fetchone()[0] - before
+    return WriteResult(inserted, changed - inserted, len(rows) - changed)
+
 _PRICE_UPSERT = """
 INSERT INTO prices (asset, ts, source, open, high, low, close, volume, market_cap, recorded_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -368,14 +377,9 @@ class SQLiteStore(Store):
         rows = [(a, to_iso(t), source, _num(o), _num(h), _num(l), float(c), _num(v), _num(m), now)
                 for t, a, o, h, l, c, v, m in long[list(LONG_COLUMNS)].itertuples(index=False)]
         with self._transaction() as conn:
-            before = conn.execute("SELECT count(*) FROM prices WHERE source = ?", (source,)).fetchone()[0]
             conn.executemany("INSERT INTO assets (asset, updated_at) VALUES (?, ?) ON CONFLICT (asset) DO NOTHING",
                              [(a, now) for a in long["asset"].unique()])
-            changes0 = conn.total_changes
-            _executemany_chunked(conn, _PRICE_UPSERT, rows)
-            changed = conn.total_changes - changes0
-            inserted = conn.execute("SELECT count(*) FROM prices WHERE source = ?", (source,)).fetchone()[0] - before
-            result = WriteResult(inserted, changed - inserted, len(rows) - changed)
+            result = _counted_upsert(conn, _PRICE_UPSERT, rows, "prices", "source", source)
             if result.changed:
                 self._event(conn, "prices", dict(source=source, assets=sorted(long["asset"].unique()),
                                                  start=to_iso(long["timestamp"].min()), end=to_iso(long["timestamp"].max()),
@@ -462,15 +466,10 @@ class SQLiteStore(Store):
         now = utc_now()
         rows = [(a, to_iso(t), source, k, float(v), now) for t, a, k, v in m.itertuples(index=False)]
         with self._transaction() as conn:
-            before = conn.execute("SELECT count(*) FROM market_metrics WHERE source = ?", (source,)).fetchone()[0]
-            changes0 = conn.total_changes
-            _executemany_chunked(conn, """INSERT INTO market_metrics (asset, ts, source, metric, value, recorded_at)
+            result = _counted_upsert(conn, """INSERT INTO market_metrics (asset, ts, source, metric, value, recorded_at)
                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (asset, ts, source, metric)
                 DO UPDATE SET value = excluded.value, recorded_at = excluded.recorded_at
-                WHERE market_metrics.value IS NOT excluded.value""", rows)
-            changed = conn.total_changes - changes0
-            inserted = conn.execute("SELECT count(*) FROM market_metrics WHERE source = ?", (source,)).fetchone()[0] - before
-            result = WriteResult(inserted, changed - inserted, len(rows) - changed)
+                WHERE market_metrics.value IS NOT excluded.value""", rows, "market_metrics", "source", source)
             if result.changed:
                 self._event(conn, "market_metrics", dict(source=source, assets=sorted(m["asset"].unique()),
                                                          metrics=sorted(m["metric"].unique()), inserted=result.inserted,
@@ -514,15 +513,11 @@ class SQLiteStore(Store):
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM portfolios WHERE portfolio = ?", (portfolio,)).fetchone() is None:
                 raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio)")
-            before = conn.execute("SELECT count(*) FROM holdings WHERE portfolio = ?", (portfolio,)).fetchone()[0]
-            changes0 = conn.total_changes
-            conn.executemany("""INSERT INTO holdings (portfolio, asset, ts, units, source, recorded_at) VALUES (?, ?, ?, ?, ?, ?)
+            result = _counted_upsert(conn, """INSERT INTO holdings (portfolio, asset, ts, units, source, recorded_at) VALUES (?, ?, ?, ?, ?, ?)
                                 ON CONFLICT (portfolio, asset, ts) DO UPDATE SET units = excluded.units, source = excluded.source,
                                 recorded_at = excluded.recorded_at
-                                WHERE holdings.units IS NOT excluded.units OR holdings.source IS NOT excluded.source""", rows)
-            changed = conn.total_changes - changes0
-            inserted = conn.execute("SELECT count(*) FROM holdings WHERE portfolio = ?", (portfolio,)).fetchone()[0] - before
-            result = WriteResult(inserted, changed - inserted, len(rows) - changed)
+                                WHERE holdings.units IS NOT excluded.units OR holdings.source IS NOT excluded.source""",
+                                     rows, "holdings", "portfolio", portfolio)
             if result.changed:
                 self._event(conn, "holdings", dict(portfolio=portfolio, ts=at, assets=sorted(map(str, u.index))))
         return result
