@@ -1,5 +1,6 @@
 """Parameter sweeps (portopt.sweep): through a real Dask scheduler and two workers, on a LocalCluster with the
-store as cache, the trial registry behind the deflated Sharpe ratio, configurations refused before any work."""
+store as cache, the trial registry behind the deflated Sharpe ratio, configurations refused before any work,
+and `portopt sweep` end to end."""
 import json
 import os
 import socket
@@ -196,3 +197,34 @@ def test_a_failed_backtest_does_not_stop_the_others(prices, tmp_path):
         assert len(res.results) == 1 and len(trials(st, res.data_hash)) == 1
         with pytest.raises(ConfigError, match=r"1 of 2 configuration\(s\) failed; the first \(strategy=risk_parity.*risk budgets"):
             sweep(prices, configs, periods_per_year=365, store=st, n_workers=1, progress=False)
+
+
+def test_portopt_sweep_prints_json_and_serves_the_second_run_from_the_store(cli, store_path):
+    args = ["sweep", "--dataset", "coingecko-daily", "--assets", "BTC,ETH,USDC", "--strategies", "equal_weight,hrp",
+            "--window", "60,90", "--rebalance-every", "30", "--fee-bps", "10", "--start", "2022-06-01", "--workers", "2",
+            "--json"]
+    out = json.loads(cli(*args).stdout)
+    assert (out["hits"], out["misses"]) == (0, 4) and len(out["configs"]) == 4
+    rows = {(c["strategy"], c["window"]): c for c in out["configs"]}
+    lib = walk_forward(load_prices(assets=["BTC", "ETH", "USDC"]), "hrp", periods_per_year=365, window=90,
+                       rebalance_every=30, fee_bps=10, start="2022-06-01")
+    assert np.isclose(rows[("hrp", 90)]["sharpe"], lib.metrics()["sharpe"], rtol=1e-9)
+    assert np.isclose(rows[("hrp", 90)]["max_drawdown"], lib.metrics()["max_drawdown"], rtol=1e-9)
+    assert out["dsr"]["n_trials"] == 4 and 0 <= out["dsr"]["dsr"] <= 1
+    assert out["best"]["key"] == max(out["configs"], key=lambda c: c["sharpe"])["key"]
+    again = json.loads(cli(*args[:-3], "--json").stdout)  # no --workers: nothing to run anyway
+    assert (again["hits"], again["misses"]) == (4, 0) and all(c["cached"] for c in again["configs"])
+    assert [c["sharpe"] for c in again["configs"]] == [c["sharpe"] for c in out["configs"]]
+    with SQLiteStore(store_path) as st:
+        stored = st.read_backtests(limit=None)
+        assert len(stored) == 4 and set(stored["id"]) == {c["key"] for c in out["configs"]}
+    bad = cli("sweep", "--dataset", "coingecko-daily", "--assets", "BTC,ETH,USDC", "--strategies", "hrp", "--window", "60,5000",
+              check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: configuration 2 of 2 (") and bad.stderr.count("\n") == 1
+    assert "window=5000 periods" in bad.stderr
+    text = cli(*args[:-1]).stdout  # the table, the cache and the deflated Sharpe ratio, for a person
+    assert "4 from the cache, 0 run" in text and "deflated Sharpe ratio" in text and "over 4 trial(s)" in text
+    help_ = " ".join(cli("sweep", "--help").stdout.split())
+    assert all(o in help_ for o in ("--strategies", "--window", "--rebalance-every", "--fee-bps", "--risk-measure",
+                                    "--scheduler", "--workers", "--store", "--json"))
+    assert "a re-run is served from it" in help_ and "trial registry" in help_
