@@ -19,14 +19,14 @@ from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, 
 from .clean import clean_prices, returns, to_utc
 from .config import ConfigError, DataError, PortoptError, StoreError, get_settings
 from .optimize import STRATEGIES, estimation_window, optimize
+from .reallocate import ReallocationSettings, reallocate_portfolio
 from .store import Store, to_iso
 
 log = logging.getLogger("portopt.events")
 
 # %% auto #0
-__all__ = ['log', 'PORTFOLIO_DEFAULTS', 'DATA_TOPICS', 'portfolio_settings', 'reallocation_decision', 'Alert', 'check_alerts',
-           'post_webhook', 'raise_alerts', 'Rebalance', 'rebalance', 'affected_portfolios', 'WarmKernel', 'Outcome',
-           'Listener']
+__all__ = ['log', 'PORTFOLIO_DEFAULTS', 'DATA_TOPICS', 'portfolio_settings', 'Alert', 'check_alerts', 'post_webhook',
+           'raise_alerts', 'Rebalance', 'rebalance', 'affected_portfolios', 'WarmKernel', 'Outcome', 'Listener']
 
 # %% ../nbs/60_events.ipynb #dbc54073
 PORTFOLIO_DEFAULTS = dict(
@@ -34,7 +34,7 @@ PORTFOLIO_DEFAULTS = dict(
     strategy="min_variance",  # a key of portopt.optimize.STRATEGIES
     window=90,                # periods of returns the optimization sees
     periods_per_year=365,     # 365 for crypto, 252 for equities
-    band=0.05,                # drift band: rebalance when a weight is more than this (a fraction) off target
+    reallocation=None,        # portopt.reallocate.ReallocationSettings as a dict (band, fee_bps, cash, ...)
     max_drawdown=None,        # alert when the holdings' drawdown over `window` is beyond this fraction (e.g. 0.3)
     utilization_cap=None,     # alert when a held asset's pool utilization is above this fraction (e.g. 0.9)
     liquidity_floor=None,     # alert when a held asset's available liquidity is below this (token units)
@@ -49,31 +49,6 @@ def portfolio_settings(store: Store, portfolio: str) -> dict:
         raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio)")
     return {**PORTFOLIO_DEFAULTS, **(row.iloc[0]["settings"] or {})}
 
-# %% ../nbs/60_events.ipynb #d4c1aa8e
-def reallocation_decision(target: pd.Series, units: pd.Series, prices: pd.Series, band: float) -> tuple[str, dict]:
-    """`(status, plan)` for moving `units` (token units by asset) to `target` weights (summing to 1) at `prices`
-    (quote currency per unit, by asset). `plan`: target and current weights, drift (current − target), value, and
-    `trades` in units and in value (positive buys). Raises `DataError` when a held or targeted asset has no price."""
-    assets = sorted(set(target.index) | set(units.index))
-    missing = [a for a in assets if a not in prices.index or not np.isfinite(prices.get(a, np.nan))]
-    if missing:
-        raise DataError(f"no price for {missing} at the decision time; collect or import them first")
-    u = units.reindex(assets).fillna(0.0)
-    values = u * prices.reindex(assets)
-    total = float(values.sum())
-    t = target.reindex(assets).fillna(0.0)
-    if total <= 0:
-        return "held", dict(reason="no holdings to reallocate", target={a: float(t[a]) for a in assets}, value=0.0)
-    current = values / total
-    drift = current - t
-    trade_value = t * total - values
-    plan = dict(value=total, band=band,
-                target={a: float(t[a]) for a in assets}, current={a: float(current[a]) for a in assets},
-                drift={a: float(drift[a]) for a in assets},
-                trades={a: float(trade_value[a] / prices[a]) for a in assets if abs(trade_value[a]) > 1e-9 * total},
-                trade_values={a: float(trade_value[a]) for a in assets if abs(trade_value[a]) > 1e-9 * total})
-    return ("planned" if float(drift.abs().max()) > band else "none_needed"), plan
-
 # %% ../nbs/60_events.ipynb #e25cd35b
 @dataclass(frozen=True)
 class Alert:
@@ -84,16 +59,18 @@ class Alert:
 
 def check_alerts(store: Store, portfolio: str, as_of=None, plan: dict | None = None) -> list[Alert]:
     """The alerts of `portfolio` at `as_of` (default: the latest data), by its settings (`PORTFOLIO_DEFAULTS`).
-    `plan`: a reallocation plan whose `drift` is checked against the band."""
+    `plan`: a stored reallocation plan (`Reallocation.to_dict()`); its `positions` outside the tolerance band
+    raise a drift alert naming the asset furthest from its target."""
     s = portfolio_settings(store, portfolio)
     units = store.read_holdings(portfolio, as_of=as_of)
     assets = sorted(set(s["assets"] or []) | set(units.index))
     out = []
-    if plan and plan.get("drift"):
-        worst = max(plan["drift"], key=lambda a: abs(plan["drift"][a]))
-        if abs(plan["drift"][worst]) > s["band"]:
-            out.append(Alert("drift", f"{portfolio}: {worst} is {plan['drift'][worst]:+.1%} off its target weight "
-                                      f"(band ±{s['band']:.1%})", portfolio))
+    off = [p for p in (plan or {}).get("positions") or [] if not p.get("in_band", True)]
+    if off:
+        worst = max(off, key=lambda p: abs(p["weight"] - p["target_weight"]) / max(p["target_weight"], 1e-12))  # relative drift
+        lo, hi = ReallocationSettings.from_mapping(s.get("reallocation")).band
+        out.append(Alert("drift", f"{portfolio}: {len(off)} asset(s) outside the {lo:.0%}–{hi:.0%} band; {worst['asset']} is at "
+                                  f"{worst['weight']:.1%} against a target of {worst['target_weight']:.1%}", portfolio))
     prices = store.read_prices(assets, as_of=as_of) if assets else pd.DataFrame()
     if s["max_drawdown"] is not None and len(units) and len(prices):
         value = (prices[units.index.intersection(prices.columns)].ffill().iloc[-int(s["window"]):] * units).sum(axis=1)
@@ -187,10 +164,13 @@ def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = Non
     at = to_iso(prices.index[-1] if as_of is None else min(to_utc(as_of), prices.index[-1]))
     oid = store.write_optimization(s["strategy"], dict(alloc.params, window=int(s["window"]), assets=assets),
                                    alloc.weights, alloc.metrics(), as_of=at, portfolio=portfolio, run_id=run_id)
-    last = prices.ffill().iloc[-1]
-    status, plan = reallocation_decision(alloc.weights, units, last, float(s["band"]))
-    plan = dict(plan, optimization_id=oid, strategy=s["strategy"])
-    rid = store.write_reallocation(portfolio, at, status, plan)
+    extra = dict(optimization_id=oid, strategy=s["strategy"])
+    if float(units.sum()) <= 0:
+        status, plan = "held", dict(extra, reason="no holdings to reallocate", target=alloc.to_dict())
+        rid = store.write_reallocation(portfolio, at, status, plan)
+    else:
+        status, decision, rid = reallocate_portfolio(store, portfolio, as_of=at, target=alloc, extra=extra)
+        plan = dict(extra, reason="held by a guard (stale prices or drawdown)") if decision is None else {**decision.to_dict(), "target": alloc.to_dict(), **extra}
     new = raise_alerts(store, check_alerts(store, portfolio, as_of=as_of, plan=plan), webhook)
     return Rebalance(portfolio, at, oid, rid, status, {k: float(v) for k, v in alloc.weights.items()}, plan, new)
 

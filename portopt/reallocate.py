@@ -305,11 +305,13 @@ def portfolio_drawdown(store, portfolio: str, holdings: pd.Series, as_of=None, d
     return float(value.iloc[-1] / value.max() - 1) if len(value) else 0.0
 
 def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None = None,
-                         band: tuple | None = None) -> tuple[str, Reallocation | None, str]:
+                         band: tuple | None = None, target=None, extra: dict | None = None) -> tuple[str, Reallocation | None, str]:
     """The reallocation flow for a stored portfolio; returns `(status, decision, id)` where status is none_needed,
     planned, failed_liquidity, held or executed, and id is the `reallocations` row. `band` overrides the
-    portfolio's tolerance band for this run. Raises `ConfigError` for an unknown portfolio or `execute` other
-    than None/"paper", `DataError` for missing holdings or prices."""
+    portfolio's tolerance band for this run. `target`: an `Allocation` already computed for this decision (the
+    listener's, stored as an optimization), else the portfolio's strategy is optimized here; `extra`: more keys
+    for the stored plan (e.g. the optimization id). Raises `ConfigError` for an unknown portfolio or `execute`
+    other than None/"paper", `DataError` for missing holdings or prices."""
     from portopt.clean import returns as simple_returns
     from portopt.optimize import estimation_window, optimize, portfolio_stats
     if execute not in (None, "paper"):
@@ -335,17 +337,18 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
             guard = ("drawdown", f"{portfolio}: drawdown {dd:.1%} beyond the limit of {settings.drawdown_limit:.0%}; plan held")
     if guard:
         store.write_alert(guard[0], guard[1], portfolio)
-        return "held", None, store.write_reallocation(portfolio, when, "held", dict(reason=guard[1]))
+        return "held", None, store.write_reallocation(portfolio, when, "held", dict(extra or {}, reason=guard[1]))
     prices = store.read_prices(assets, as_of=as_of)
     r = estimation_window(simple_returns(prices), cfg.get("window", 180))
-    alloc = optimize(r, cfg.get("strategy", "min_variance"), periods_per_year=cfg.get("periods_per_year", 365),
-                     **cfg.get("strategy_params", {}))
+    alloc = target if target is not None else optimize(r, cfg.get("strategy", "min_variance"),
+                                                       periods_per_year=cfg.get("periods_per_year", 365),
+                                                       **cfg.get("strategy_params", {}))
     decision = plan_reallocation(holdings, alloc.weights, market, settings, as_of=when)
     ppy = cfg.get("periods_per_year", 365)
     decision.comparison = pd.DataFrame({name: {k: v for k, v in portfolio_stats(w.reindex(r.columns).fillna(0.0), r, ppy).items()
                                                if k != "risk_contributions"}
                                         for name, w in (("current", decision.positions["weight"]), ("target", alloc.weights))}).T
-    plan = dict(decision.to_dict(), strategy=alloc.strategy, target=alloc.to_dict())
+    plan = {**decision.to_dict(), "strategy": alloc.strategy, "target": alloc.to_dict(), **(extra or {})}
     if execute == "paper" and decision.status == "planned":
         fills = paper_fills(decision)
         new_units = holdings.add(fills["units"], fill_value=0.0)

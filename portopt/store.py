@@ -100,9 +100,20 @@ def _json_default(x):
         return x.item()
     raise TypeError(f"cannot store {type(x).__name__} as JSON")
 
+def _finite(x):
+    "NaN and ±inf become null: JSON (and PostgreSQL's jsonb) has no such numbers."
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (float, np.floating)) and not np.isfinite(x):
+        return None
+    return x
+
 def to_json(obj) -> str:
-    "Canonical JSON as the store keeps it: sorted keys, timestamps as ISO UTC text, NumPy scalars as numbers."
-    return json.dumps(obj, sort_keys=True, default=_json_default)
+    """Canonical JSON as the store keeps it: sorted keys, timestamps as ISO UTC text, NumPy scalars as numbers,
+    NaN and ±inf as null (an unlimited trade size, an undefined ratio)."""
+    return json.dumps(_finite(obj), sort_keys=True, default=_json_default, allow_nan=False)
 
 def _series_from_json(text: str) -> pd.Series:
     "A returns Series from its stored form, `{ISO timestamp: value}`."

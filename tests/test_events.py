@@ -25,7 +25,7 @@ def prices(days, seed=0):
 def setup_portfolio(store):
     "Prices for 120 days and a portfolio holding SOL and USDC; every event so far consumed (a clean queue)."
     store.write_prices(prices(DAYS), "test")
-    store.upsert_portfolio("fund", settings={"assets": ["SOL", "USDC"], "strategy": "min_variance", "window": 30, "band": 0.05})
+    store.upsert_portfolio("fund", settings={"assets": ["SOL", "USDC"], "strategy": "min_variance", "window": 30})
     store.write_holdings("fund", pd.Series({"SOL": 10.0, "USDC": 100.0}), DAYS[0])
     store.mark_events_consumed(store.read_events(pending_only=True)["id"].tolist())
 
@@ -200,7 +200,13 @@ def test_alerts_are_checked_stored_once_and_posted_to_a_webhook(tmp_path):
                                               "liquidity_floor": 1e6, "stale_after_hours": 24})
         st.write_holdings("fund", pd.Series({"SOL": 10.0, "USDC": 100.0}), DAYS[0])
         later = DAYS[-1] + pd.Timedelta(days=3)
-        alerts = check_alerts(st, "fund", as_of=later, plan={"drift": {"SOL": 0.2, "USDC": -0.2}})
+        from portopt.reallocate import Market, ReallocationSettings, plan_reallocation
+        held, market = pd.Series({"SOL": 10.0, "USDC": 100.0}), Market(prices=pd.Series({"SOL": 20.0, "USDC": 1.0}))
+        plan = lambda target: plan_reallocation(held, target, market, ReallocationSettings(max_price_age=None)).to_dict()
+        in_band = check_alerts(st, "fund", as_of=later, plan=plan({"SOL": 0.66, "USDC": 0.34}))  # SOL is 2/3 of 300
+        assert "drift" not in {a.kind for a in in_band}
+        alerts = check_alerts(st, "fund", as_of=later, plan=plan({"SOL": 0.2, "USDC": 0.8}))
+        assert "SOL is at 66.7% against a target of 20.0%" in next(a.message for a in alerts if a.kind == "drift")
         kinds = sorted(a.kind for a in alerts)
         assert kinds == ["drawdown", "drift", "liquidity", "stale_data", "stale_data", "utilization"]
         ids = raise_alerts(st, alerts, webhook=url)
