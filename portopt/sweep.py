@@ -209,16 +209,8 @@ def resolve_config(prices: pd.DataFrame, config: dict, periods_per_year: int) ->
 
 # %% ../nbs/42_sweep.ipynb #f4af8b25
 def _json_ready(x):
-    "`x` as the store keeps it (timestamps as ISO text, NumPy numbers as numbers), with NaN and ±inf as `None`."
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(w) for k, w in v.items()}
-        if isinstance(v, list):
-            return [clean(w) for w in v]
-        return v
-    return clean(json.loads(to_json(x)))
+    "`x` as the store keeps it: timestamps as ISO text, NumPy numbers as numbers, NaN and ±inf as `None` (`to_json`)."
+    return json.loads(to_json(x))
 
 def result_from_detail(detail: dict) -> BacktestResult:
     """A `BacktestResult` from its `to_dict()` form (the `detail` the store keeps). THE ONE PLACE to switch to
