@@ -341,22 +341,23 @@ def main(argv: list[str] | None = None) -> int:
     return rv if isinstance(rv, int) else 0
 
 # %% ../nbs/90_cli.ipynb #5a733cbf
-def _numbers(option: str, text: str | None, kind=int) -> list | None:
-    "A comma-separated option as numbers; `ConfigError` naming the option for anything else."
+def _numbers(option: str, text: str | None, kind=int, names=()) -> list | None:
+    "A comma-separated option as numbers (or one of `names`); `ConfigError` naming the option for anything else."
     parts = _split(text)
     if parts is None:
         return None
     try:
-        return [kind(p) for p in parts]
+        return [p if p in names else kind(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"{option} {text!r}: give {'whole numbers' if kind is int else 'numbers'} separated by commas, "
+        raise ConfigError(f"{option} {text!r}: give {'whole numbers' if kind is int else 'numbers'}"
+                          f"{' or ' + ', '.join(names) if names else ''} separated by commas, "
                           f"e.g. {'90,180' if kind is int else '0,10'}") from None
 
 @app.command("sweep")
 def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, assets: AssetsOpt = None,
            strategies: Annotated[str, typer.Option(help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
            window: Annotated[str, typer.Option(help="Comma-separated estimation windows, periods of returns.")] = "180",
-           rebalance_every: Annotated[str, typer.Option(help="Comma-separated periods between rebalances.")] = "30",
+           rebalance_every: Annotated[str, typer.Option(help="Comma-separated periods between rebalances, or weekly, monthly.")] = "30",
            fee_bps: Annotated[str, typer.Option(help="Comma-separated costs per unit of turnover, basis points.")] = "10",
            risk_measure: Annotated[Optional[str], typer.Option(help=f"Comma-separated risk measures (names or riskfolio-lib codes such as MV, CVaR): {', '.join(RISK_MEASURES)}.")] = None,
            start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
@@ -376,7 +377,7 @@ def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, assets: AssetsO
     A window longer than the data, a rebalance period of 0 or an unknown strategy ends with one error line, and nothing is written."""
     from .sweep import grid, sweep
     axes = dict(strategy=_split(strategies), window=_numbers("--window", window),
-                rebalance_every=_numbers("--rebalance-every", rebalance_every),
+                rebalance_every=_numbers("--rebalance-every", rebalance_every, names=("weekly", "monthly")),
                 fee_bps=_numbers("--fee-bps", fee_bps, float))
     for name, values in axes.items():
         if not values:

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
-import inspect
 import itertools
 import json
 import math
@@ -18,55 +18,60 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .backtest import BacktestResult, walk_forward
+from .backtest import BacktestConfig, BacktestResult, check_config, walk_forward
 from .clean import returns as simple_returns
 from .clean import to_utc
 from .config import ConfigError, DataError, PortoptError
 from .metrics import deflated_sharpe_ratio, expected_max_sharpe
-from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES, STRATEGIES, optimize
+from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES
 from .store import Store, content_id, to_iso, to_json
 from .walkforward import one_blas_thread
 
 # %% auto #0
-__all__ = ['RUN_KEYS', 'KEY_FIELDS', 'METRIC_COLUMNS', 'data_hash', 'grid', 'normalize_config', 'canonical_config',
-           'backtest_key', 'check_sweep_config', 'resolve_config', 'result_from_detail', 'record', 'cached', 'trials',
-           'deflated_sharpe', 'SweepResult', 'sweep', 'plot_sweep']
+__all__ = ['CONFIG_FIELDS', 'RUN_KEYS', 'METRIC_COLUMNS', 'data_hash', 'grid', 'normalize_config', 'canonical_config',
+           'backtest_key', 'resolve_config', 'record', 'cached', 'trials', 'deflated_sharpe', 'SweepResult', 'sweep',
+           'plot_sweep']
 
 # %% ../nbs/42_sweep.ipynb #c5038ae5
-def data_hash(prices: pd.DataFrame) -> str:
-    """SHA-256 (64 hex digits) of a wide price frame (UTC `DatetimeIndex` × assets): its timestamps, its column
-    names in order and its values as float64 (every NaN alike; a naive index is taken as UTC). Stable across
-    processes and sessions. Raises `DataError` for anything but a frame with a `DatetimeIndex`."""
-    if not isinstance(prices, pd.DataFrame) or not isinstance(prices.index, pd.DatetimeIndex):
-        raise DataError("data_hash needs a wide price frame: a DatetimeIndex (UTC) × assets")
-    idx = prices.index.tz_localize("UTC") if prices.index.tz is None else prices.index.tz_convert("UTC")
-    stamps = np.ascontiguousarray(idx.as_unit("ns").asi8, dtype="<i8")
+def _feed(h, frame: pd.DataFrame, what: str) -> None:
+    "Add a wide frame's timestamps (UTC ns), column names and float64 values to the hash `h`."
+    if not isinstance(frame, pd.DataFrame) or not isinstance(frame.index, pd.DatetimeIndex):
+        raise DataError(f"data_hash: {what} must be a wide frame, a DatetimeIndex (UTC) × assets")
+    idx = frame.index.tz_localize("UTC") if frame.index.tz is None else frame.index.tz_convert("UTC")
     try:
-        values = prices.to_numpy(dtype="float64", na_value=np.nan)
+        values = frame.to_numpy(dtype="float64", na_value=np.nan)
     except (TypeError, ValueError) as e:
-        raise DataError(f"data_hash: prices must be numbers ({e})") from e
-    values = np.ascontiguousarray(np.where(np.isnan(values), np.nan, values), dtype="<f8")
+        raise DataError(f"data_hash: {what} must be numbers ({e})") from e
+    h.update(json.dumps([str(c) for c in frame.columns]).encode() + b"\0")
+    h.update(json.dumps(list(frame.shape)).encode() + b"\0")
+    h.update(np.ascontiguousarray(idx.as_unit("ns").asi8, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(np.where(np.isnan(values), np.nan, values), dtype="<f8").tobytes())
+
+def data_hash(prices: pd.DataFrame, volumes: pd.DataFrame | None = None, market_caps: pd.DataFrame | None = None) -> str:
+    """SHA-256 (64 hex digits) of a wide price frame (UTC `DatetimeIndex` × assets): its timestamps, its column
+    names in order and its values as float64 (every NaN alike; a naive index is taken as UTC) — and of `volumes`
+    and `market_caps` when given (frames of the same shape, for backtests that read them). Stable across processes
+    and sessions. Raises `DataError` for anything but frames with a `DatetimeIndex` of numbers."""
     h = hashlib.sha256(b"portopt.data_hash/1\0")
-    h.update(json.dumps([str(c) for c in prices.columns]).encode() + b"\0")
-    h.update(json.dumps(list(prices.shape)).encode() + b"\0")
-    h.update(stamps.tobytes())
-    h.update(values.tobytes())
+    _feed(h, prices, "prices")
+    for name, frame in (("volumes", volumes), ("market_caps", market_caps)):
+        if frame is not None:
+            h.update(f"\0{name}\0".encode())
+            _feed(h, frame, name)
     return h.hexdigest()
 
 # %% ../nbs/42_sweep.ipynb #752c362f
-RUN_KEYS = ("strategy", "window", "rebalance_every", "fee_bps", "start", "risk_free_rate", "alpha")  # walk_forward's own
-KEY_FIELDS = ("strategy", "window", "rebalance_every", "fee_bps", "impact_coefficient", "capital", "params",
-              "periods_per_year", "risk_free_rate", "alpha", "start")  # what identifies a backtest, with the data's hash
-_WF = inspect.signature(walk_forward).parameters
-_OPTIMIZE_OPTIONS = sorted(set(inspect.signature(optimize).parameters) - {"returns", "strategy", "periods_per_year",
-                                                                         "risk_free_rate", "alpha"})
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(BacktestConfig))  # what identifies a backtest, with the data
+RUN_KEYS = tuple(f for f in CONFIG_FIELDS if f != "periods_per_year")      # a configuration's top-level keys
+_FIELDS = {f.name: f for f in dataclasses.fields(BacktestConfig)}
 _NAMED = {"risk_measure": RISK_MEASURES, "mu": MU_ESTIMATORS, "cov": COV_ESTIMATORS}
 
 def grid(**axes) -> list[dict]:
     """Every combination of `axes` (name → list of values, or one value) as `walk_forward` configurations:
     `[{"strategy": ..., "window": ..., ..., "params": {...}}, ...]`, the last axis varying fastest. Axes named
-    after `RUN_KEYS` stay at the top; any other axis is an `optimize` option and goes into `params` (a `params`
-    axis takes dicts, merged). Raises `ConfigError` without a `strategy` axis or for an empty axis."""
+    after `RUN_KEYS` (the options of `BacktestConfig`) stay at the top; any other axis is an `optimize` option and
+    goes into `params` (a `params` axis takes dicts, merged). Raises `ConfigError` without a `strategy` axis or
+    for an empty axis."""
     if "strategy" not in axes:
         raise ConfigError("a grid needs a strategy axis, e.g. grid(strategy=['min_variance', 'hrp'], window=[90, 180])")
     names, values = [], []
@@ -101,18 +106,22 @@ def _canonical_params(params: dict) -> dict:
         out[k] = v
     return out
 
-def _number(config: dict, key: str, kind):
-    v = config[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
-        raise ConfigError(f"{key}={v!r}: give a number")
-    if kind is int and float(v) != int(v):
-        raise ConfigError(f"{key}={v!r}: give a whole number of periods")
-    return kind(v)
+def _typed(name: str, v):
+    "`v` with the type of `BacktestConfig.name` when it is a number that fits it (`10` → `10.0`, `90.0` → `90`)."
+    kind = str(_FIELDS[name].type)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return v.item() if isinstance(v, np.generic) else v
+    if "float" in kind:
+        return float(v)
+    if kind.startswith("int") and math.isfinite(float(v)) and float(v) == int(v):
+        return int(v)
+    return v
 
 def normalize_config(config: dict) -> dict:
-    """A configuration in one form, before the data is seen: `RUN_KEYS` with `walk_forward`'s defaults filled in and
-    one type each (whole numbers of periods as `int`, rates and fees as `float`), every other key moved into
-    `params` (`_canonical_params`). Raises `ConfigError` for a configuration that is not a dict with a strategy."""
+    """A configuration as `walk_forward` options, before the data is seen: `RUN_KEYS` with `BacktestConfig`'s
+    defaults filled in, numbers of the field's type, every other key moved into `params` (canonical: `None`
+    dropped, codes as names), `start` as ISO UTC text. Raises `ConfigError` for a configuration that is not a dict
+    with a strategy, or `params` that are not a dict."""
     if not isinstance(config, dict) or not config.get("strategy"):
         raise ConfigError(f"a configuration is a dict with at least a strategy, e.g. {{'strategy': 'hrp', 'window': 90}}; "
                           f"got {config!r}")
@@ -122,31 +131,25 @@ def normalize_config(config: dict) -> dict:
     for k, v in config.items():
         if k in RUN_KEYS:
             c[k] = v
-        elif k != "params":
+        elif k not in ("params", "periods_per_year"):
             params[k] = v
-    for k in RUN_KEYS[1:]:
-        c.setdefault(k, _WF[k].default)
-    c["strategy"] = str(c["strategy"])
-    for k in ("window", "rebalance_every"):
-        c[k] = _number(c, k, int)
-    for k in ("fee_bps", "risk_free_rate", "alpha"):
-        c[k] = _number(c, k, float)
+    defaults = BacktestConfig(strategy=c["strategy"], periods_per_year=1)
+    for k in RUN_KEYS:
+        c[k] = _typed(k, c[k]) if k in c else getattr(defaults, k)
     c["start"] = None if c["start"] is None else to_iso(c["start"])
     c["params"] = _canonical_params(params)
     return c
 
 def canonical_config(config: dict) -> dict:
     """The fields of a resolved configuration (`resolve_config`, or a `BacktestResult.config`) that identify a
-    backtest on given data, `KEY_FIELDS`, in one form. Raises `ConfigError` when `periods_per_year` or the resolved
-    `start` is missing."""
+    backtest on given data — every field of `BacktestConfig`, `CONFIG_FIELDS` — in one form (`normalize_config`).
+    Raises `ConfigError` when `periods_per_year` or the resolved `start` is missing."""
     missing = [k for k in ("strategy", "periods_per_year", "start") if config.get(k) is None]
     if missing:
         raise ConfigError(f"configuration {config!r} lacks {missing}; resolve it on the data first (resolve_config)")
     c = normalize_config({k: v for k, v in config.items() if k in RUN_KEYS or k == "params"})
-    impact = float(config.get("impact_coefficient") or 0.0)
-    c.update(impact_coefficient=impact, capital=float(config["capital"]) if impact and config.get("capital") is not None else None,
-             periods_per_year=int(config["periods_per_year"]))
-    return {k: c[k] for k in KEY_FIELDS}
+    c["periods_per_year"] = int(config["periods_per_year"])
+    return {k: c[k] for k in CONFIG_FIELDS}
 
 def backtest_key(config: dict, data_hash: str) -> str:
     """The store id of the backtest of a resolved `config` (`resolve_config`, or `BacktestResult.config`) on the data
@@ -156,27 +159,14 @@ def backtest_key(config: dict, data_hash: str) -> str:
     return content_id("backtest", stored["strategy"], stored)
 
 # %% ../nbs/42_sweep.ipynb #4d6de1c8
-def check_sweep_config(prices: pd.DataFrame, config: dict, periods_per_year: int) -> None:
-    """Raise `ConfigError` if `walk_forward` could not run the normalized `config` (`normalize_config`) on `prices`:
-    an unknown strategy, a window under 2 periods or not shorter than the returns, no period left to trade after
-    `start`, no asset with a full first window, `rebalance_every` < 1, negative `fee_bps`, `alpha` outside (0, 0.5),
-    a bad `periods_per_year`, an unknown or non-JSON `optimize` option, an unknown risk measure or estimator."""
-    if isinstance(periods_per_year, bool) or not isinstance(periods_per_year, (int, np.integer)) or periods_per_year <= 0:
-        raise ConfigError(f"periods_per_year={periods_per_year!r}: give a positive whole number (365 crypto, 252 equities)")
-    strategy = config["strategy"]
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
-    if config["rebalance_every"] < 1:
-        raise ConfigError(f"rebalance_every={config['rebalance_every']}: rebalance at least every 1 period")
-    if config["fee_bps"] < 0:
-        raise ConfigError(f"fee_bps={config['fee_bps']}: fees cannot be negative")
-    if not 0 < config["alpha"] < 0.5:
-        raise ConfigError(f"alpha={config['alpha']}: the CVaR tail level must be in (0, 0.5)")
-    params = config["params"]
-    unknown = sorted(set(params) - set(_OPTIMIZE_OPTIONS))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for {strategy}; walk_forward takes {list(RUN_KEYS[1:])} and "
-                          f"optimize takes {_OPTIMIZE_OPTIONS}")
+def resolve_config(prices: pd.DataFrame, config: dict, periods_per_year: int, volumes: pd.DataFrame | None = None,
+                   market_caps: pd.DataFrame | None = None) -> dict:
+    """`config` normalized (`normalize_config`), checked against the data (`portopt.backtest.check_config`, then
+    the `optimize` options: known risk-measure and estimator names, JSON-ready values) and resolved: the
+    `canonical_config` the backtest's `BacktestResult.config` will have (`start` the first date the portfolio
+    trades, `cash` the engine's). Raises `ConfigError` (or `DataError` for bad prices) naming what to change."""
+    c = normalize_config(config)
+    params = c["params"]
     for k, table in _NAMED.items():
         if k in params and params[k] not in table:
             raise ConfigError(f"unknown {k} {params[k]!r}; choose one of {list(table)}")
@@ -184,48 +174,21 @@ def check_sweep_config(prices: pd.DataFrame, config: dict, periods_per_year: int
         to_json(params)
     except TypeError as e:
         raise ConfigError(f"params {params!r} must be JSON-ready (numbers, text, lists, dicts) to be stored: {e}") from e
-    window, n = config["window"], len(prices) - 1
-    if window < 2:
-        raise ConfigError(f"window={window}: an estimation window needs at least 2 periods")
-    if window >= n:
-        raise ConfigError(f"window={window} periods, but the data has {n} periods of returns "
-                          f"({prices.index[0]:%Y-%m-%d} to {prices.index[-1]:%Y-%m-%d}); use a shorter window or more data")
-
-def resolve_config(prices: pd.DataFrame, config: dict, periods_per_year: int) -> dict:
-    """`config` checked (`check_sweep_config`) and resolved on `prices`: normalized (`normalize_config`), `start` the first
-    date the portfolio trades (ISO UTC text), `periods_per_year` added — the `canonical_config` the backtest will
-    have. Raises `ConfigError` naming what to change."""
-    c = normalize_config(config)
-    check_sweep_config(prices, c, periods_per_year)
-    r = simple_returns(prices)
-    first = c["window"] if c["start"] is None else max(c["window"], int(r.index.searchsorted(to_utc(c["start"]))))
-    if first >= len(r):
-        raise ConfigError(f"start {c['start']}: no period to trade after it with a window of {c['window']} "
-                          f"(the data ends {r.index[-1]:%Y-%m-%d}); start earlier or use more data")
-    if not r.iloc[first - c["window"]:first].notna().all().any():
-        raise ConfigError(f"no asset has {c['window']} periods of returns before {r.index[first]:%Y-%m-%d}; "
-                          "start later or use a shorter window")
-    return canonical_config(dict(c, start=r.index[first], periods_per_year=periods_per_year))
+    options = {k: v for k, v in c.items() if k != "strategy"}
+    cfg = check_config(prices, c["strategy"], periods_per_year=periods_per_year, volumes=volumes, market_caps=market_caps,
+                       **options)
+    r_index = prices.index[1:]  # the periods of returns
+    first = cfg.window if cfg.start is None else max(cfg.window, int(r_index.searchsorted(to_utc(cfg.start))))
+    if first >= len(r_index):
+        raise ConfigError(f"start {cfg.start}: no period to trade after it with a window of {cfg.window} "
+                          f"(the data ends {r_index[-1]:%Y-%m-%d}); start earlier or use more data")
+    cash = cfg.cash if cfg.cash is not None or (cfg.max_weight is None and cfg.drawdown_limit is None) else "cash"
+    return canonical_config(dict(cfg.to_dict(), params=params, start=r_index[first], cash=cash))
 
 # %% ../nbs/42_sweep.ipynb #f4af8b25
 def _json_ready(x):
     "`x` as the store keeps it: timestamps as ISO text, NumPy numbers as numbers, NaN and ±inf as `None` (`to_json`)."
     return json.loads(to_json(x))
-
-def result_from_detail(detail: dict) -> BacktestResult:
-    """A `BacktestResult` from its `to_dict()` form (the `detail` the store keeps). THE ONE PLACE to switch to
-    `BacktestResult.from_dict` once portopt.backtest has it: until then turnover, costs and impact are rebuilt only
-    if the dict carries them."""
-    cfg = detail["config"]
-    stamps = lambda keys: pd.DatetimeIndex(pd.to_datetime(list(keys), utc=True))
-    r = pd.Series(list(detail["returns"].values()), index=stamps(detail["returns"]), dtype=float, name=detail["strategy"])
-    assets = cfg.get("assets") or sorted({a for w in detail["weights"].values() for a in w})
-    w = pd.DataFrame.from_dict(detail["weights"], orient="index").reindex(columns=assets).fillna(0.0)
-    w.index = stamps(w.index)
-    per = lambda name: pd.Series({pd.Timestamp(t).tz_convert("UTC") if pd.Timestamp(t).tzinfo else pd.Timestamp(t, tz="UTC"): v
-                                  for t, v in (detail.get(name) or {}).items()}, dtype=float, name=name)
-    return BacktestResult(detail["strategy"], cfg, r, w, per("turnover"), per("costs"), int(cfg["periods_per_year"]),
-                          per("impact"))
 
 def record(store: Store, result: BacktestResult, data_hash: str, run_id: str | None = None) -> str:
     """Save `result` (a `BacktestResult` of `walk_forward` on the prices of `data_hash`) in `store`'s backtests, as a
@@ -236,11 +199,15 @@ def record(store: Store, result: BacktestResult, data_hash: str, run_id: str | N
                                 run_id=run_id, detail=_json_ready(result.to_dict()))
 
 def _load(store: Store, key: str):
-    "`(BacktestResult, stored metrics)` of backtest `key`, or `None` when it is not stored with its detail."
+    """`(BacktestResult, stored metrics)` of backtest `key`, or `None` when it is not stored with a detail that
+    `BacktestResult.from_dict` rebuilds (an older record is run again, and replaced)."""
     row = store.read_backtest(key)
     if row is None or not row.get("detail"):
         return None
-    return result_from_detail(row["detail"]), row["metrics"]
+    try:
+        return BacktestResult.from_dict(row["detail"]), row["metrics"]
+    except DataError:
+        return None
 
 def cached(store: Store, key: str) -> BacktestResult | None:
     "The `BacktestResult` stored under `key` (`backtest_key`), rebuilt from its record; `None` when there is none."
@@ -284,7 +251,7 @@ def deflated_sharpe(store: Store, result: BacktestResult, data_hash: str) -> dic
 
 # %% ../nbs/42_sweep.ipynb #14160170
 METRIC_COLUMNS = ("annualized_return", "annualized_volatility", "sharpe", "max_drawdown", "mean_turnover",
-                  "total_costs", "rebalances")
+                  "total_costs", "rebalances", "failures")
 
 @dataclass
 class SweepResult:
@@ -306,11 +273,13 @@ class SweepResult:
         "`plot_sweep` of the table."
         return plot_sweep(self.table, x=x, y=y, value=value, facet=facet)
 
-def _run_one(prices: pd.DataFrame, config: dict) -> tuple[BacktestResult, str]:
-    "Run one resolved configuration, on a Dask worker: `walk_forward` with one BLAS thread; the result and where it ran."
-    kw = {k: config[k] for k in ("window", "rebalance_every", "fee_bps", "start", "risk_free_rate", "alpha", "params")}
+def _run_one(prices: pd.DataFrame, volumes, market_caps, options: dict, periods_per_year: int) -> tuple[BacktestResult, str]:
+    """Run one normalized configuration on a Dask worker: `walk_forward` with one BLAS thread. Returns the result and
+    the address of the worker that ran it."""
+    options = dict(options)
     with one_blas_thread():
-        result = walk_forward(prices, config["strategy"], periods_per_year=config["periods_per_year"], **kw)
+        result = walk_forward(prices, options.pop("strategy"), periods_per_year=periods_per_year, volumes=volumes,
+                              market_caps=market_caps, **options)
     try:
         from distributed import get_worker
         where = get_worker().address
@@ -344,7 +313,8 @@ def _describe(config: dict) -> str:
         "".join(f", {k}={v}" for k, v in (config.get("params") or {}).items())
 
 def sweep(prices: pd.DataFrame, configs, *, periods_per_year: int, store: Store | None = None, scheduler=None,
-          n_workers: int | None = None, progress: bool = True, errors: str = "raise", run_id: str | None = None) -> SweepResult:
+          n_workers: int | None = None, progress: bool = True, errors: str = "raise", run_id: str | None = None,
+          volumes: pd.DataFrame | None = None, market_caps: pd.DataFrame | None = None) -> SweepResult:
     """Walk-forward backtests of every configuration in `configs` (dicts as `grid` makes them) on `prices` (timestamp ×
     assets), in parallel on Dask, cached in `store`.
 
@@ -352,8 +322,10 @@ def sweep(prices: pd.DataFrame, configs, *, periods_per_year: int, store: Store 
     recorded (`record`, with `run_id`), and whose trial registry deflates the best Sharpe ratio; `None`: no cache.
     `scheduler`: a Dask scheduler address (`tcp://host:8786`) or a `distributed.Client`; `None`: a `LocalCluster` of
     `n_workers` one-threaded processes (default: one per core, at most one per configuration to run). `errors`:
-    `"raise"` or `"keep"` (see above). Raises `ConfigError` before any work for a bad configuration (naming it), a
-    bad option or an unreachable scheduler; with `errors="raise"`, the first failed configuration's error."""
+    `"raise"` or `"keep"` (see above). `volumes` and `market_caps` (timestamp × assets, quote currency) go to every
+    backtest, for market impact and the `market_cap` benchmark. Raises `ConfigError` (`DataError` for bad prices)
+    before any work for a bad configuration, naming it, a bad option or an unreachable scheduler; with
+    `errors="raise"`, the first failed configuration's error after the others finished."""
     configs = list(configs)
     if not configs:
         raise ConfigError("no configurations to sweep; build some with grid(strategy=[...], window=[...])")
@@ -364,13 +336,14 @@ def sweep(prices: pd.DataFrame, configs, *, periods_per_year: int, store: Store 
     resolved = []
     for i, c in enumerate(configs):
         try:
-            resolved.append(resolve_config(prices, c, periods_per_year))
+            resolved.append(resolve_config(prices, c, periods_per_year, volumes=volumes, market_caps=market_caps))
         except ConfigError as e:
             what = _describe(c) if isinstance(c, dict) else repr(c)
             raise ConfigError(f"configuration {i + 1} of {len(configs)} ({what}): {e}") from e
-    dh = data_hash(prices)
+    dh = data_hash(prices, volumes, market_caps)
     keys = [backtest_key(c, dh) for c in resolved]
     unique = dict(zip(keys, resolved))
+    asked = dict(zip(keys, map(normalize_config, configs)))  # what walk_forward is called with
     results, metrics, where, failed = {}, {}, {}, {}
     if store is not None:
         for k in unique:
@@ -382,8 +355,9 @@ def sweep(prices: pd.DataFrame, configs, *, periods_per_year: int, store: Store 
     if todo:
         from distributed import as_completed
         with _dask_client(scheduler, n_workers, len(todo)) as client:
-            data = client.scatter(prices, broadcast=True)
-            futures = {client.submit(_run_one, data, unique[k], key=f"portopt-backtest-{k}"): k for k in todo}
+            data = [None if f is None else client.scatter(f, broadcast=True) for f in (prices, volumes, market_caps)]
+            futures = {client.submit(_run_one, *data, asked[k], periods_per_year, key=f"portopt-backtest-{k}"): k
+                       for k in todo}
             for fut in tqdm(as_completed(futures), total=len(futures), desc="sweep", disable=not progress):
                 k = futures[fut]
                 try:

@@ -15,7 +15,7 @@ import pytest
 from conftest import dump
 
 from portopt.backtest import walk_forward
-from portopt.config import ConfigError
+from portopt.config import ConfigError, OptimizationError
 from portopt.data import load_prices
 from portopt.metrics import deflated_sharpe_ratio, expected_max_sharpe
 from portopt.store import SQLiteStore
@@ -129,11 +129,17 @@ def test_a_configuration_has_one_key_however_it_is_typed_and_record_uses_it(pric
                                     params={"risk_measure": "variance", "cov": None}, start="2022-03-03"), 365)
     assert backtest_key(a, h) == backtest_key(b, h) != backtest_key(a, data_hash(prices.iloc[1:]))
     assert backtest_key(a, h) != backtest_key(dict(a, fee_bps=0.0), h)
+    # the engine's own configuration of a backtest (result.config) gives the key resolved before it ran
+    cases = [dict(strategy="equal_weight", window=60, rebalance_every=30),
+             dict(strategy="equal_weight", window=60, rebalance_every=30, start="2022-05-01"),
+             dict(strategy="hrp", window=60, rebalance_every="monthly", expanding=True, fee_bps=10),
+             dict(strategy="min_variance", window=60, rebalance_every=30, max_weight=0.4, drawdown_limit=0.2),
+             dict(strategy="hrp", window=60, band=0.05, params={"risk_measure": "CVaR"})]
     with SQLiteStore(tmp_path / "store.sqlite") as st:
-        for start in (None, "2022-05-01"):
-            result = walk_forward(prices, "equal_weight", periods_per_year=365, window=60, rebalance_every=30, start=start)
-            key = backtest_key(resolve_config(prices, dict(strategy="equal_weight", window=60, rebalance_every=30,
-                                                           start=start), 365), h)
+        for case in cases:
+            c = dict(case)
+            result = walk_forward(prices, c.pop("strategy"), periods_per_year=365, **c)
+            key = backtest_key(resolve_config(prices, case, 365), h)
             assert record(st, result, h) == key == backtest_key(result.config, h)
             got = cached(st, key)
             assert got.config == result.config and (got.returns.to_numpy() == result.returns.to_numpy()).all()
@@ -174,8 +180,8 @@ def test_the_trial_registry_counts_distinct_configurations_and_more_trials_defla
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(strategy="min_variance", window=400), r"window=400 periods, but the data has 256 periods of returns"),
-    (dict(strategy="min_variance", window=60, rebalance_every=0), r"rebalance_every=0: rebalance at least every 1 period"),
+    (dict(strategy="min_variance", window=400), r"window=400 periods, but the prices give only 256 returns"),
+    (dict(strategy="min_variance", window=60, rebalance_every=0), r"rebalance_every=0: the rebalance period must be"),
     (dict(strategy="max_luck", window=60), r"unknown strategy 'max_luck'"),
 ])
 def test_bad_configurations_are_refused_before_any_work_or_write(prices, tmp_path, bad, message):
@@ -189,13 +195,15 @@ def test_bad_configurations_are_refused_before_any_work_or_write(prices, tmp_pat
 
 
 def test_a_failed_backtest_does_not_stop_the_others(prices, tmp_path):
-    # risk_parity with a negative budget passes the checks (an optimize option) but fails in optimize itself
-    configs = [dict(strategy="equal_weight", window=60), dict(strategy="risk_parity", window=60, budgets={"BTC": -1})]
+    # risk_parity with a negative budget passes the checks (an optimize option) but fails in optimize itself;
+    # with on_failure="raise" the backtest fails instead of holding its weights
+    configs = [dict(strategy="equal_weight", window=60),
+               dict(strategy="risk_parity", window=60, budgets={"BTC": -1}, on_failure="raise")]
     with SQLiteStore(tmp_path / "store.sqlite") as st:
         res = sweep(prices, configs, periods_per_year=365, store=st, n_workers=1, progress=False, errors="keep")
         assert res.table["error"].isna().tolist() == [True, False] and "risk budgets must be positive" in res.table.loc[1, "error"]
         assert len(res.results) == 1 and len(trials(st, res.data_hash)) == 1
-        with pytest.raises(ConfigError, match=r"1 of 2 configuration\(s\) failed; the first \(strategy=risk_parity.*risk budgets"):
+        with pytest.raises(OptimizationError, match=r"1 of 2 configuration\(s\) failed; the first \(strategy=risk_parity.*risk budgets"):
             sweep(prices, configs, periods_per_year=365, store=st, n_workers=1, progress=False)
 
 
