@@ -147,36 +147,36 @@ def test_a_configuration_has_one_key_however_it_is_typed_and_record_uses_it(pric
         assert cached(st, "no-such-key") is None
 
 
-def test_the_trial_registry_counts_distinct_configurations_and_more_trials_deflate_more(prices, tmp_path):
+def test_the_trial_registry_counts_distinct_configurations_and_more_trials_deflate_more(prices, store):
+    # `store`: SQLite, and Supabase on the local stack (the registry reads backtests by config->>'data_hash')
     h = data_hash(prices)
     kw = dict(periods_per_year=365, rebalance_every=30)
-    with SQLiteStore(tmp_path / "store.sqlite") as st:
-        best = walk_forward(prices, "min_variance", window=60, **kw)
-        runs = [best, walk_forward(prices, "equal_weight", window=60, **kw), walk_forward(prices, "hrp", window=60, **kw)]
-        for r in runs:
-            record(st, r, h)
-        assert len(trials(st, h)) == 3
-        for r in runs:  # re-running the same configurations does not inflate the count
-            record(st, r, h)
-        record(st, walk_forward(prices[prices.index >= "2022-02-01"], "hrp", window=60, **kw),
-               data_hash(prices[prices.index >= "2022-02-01"]))  # other data: another registry
-        t = trials(st, h)
-        assert len(t) == 3 and t["periods"].tolist() == [len(best.returns)] * 3
-        sharpes = [r.returns.mean() / r.returns.std(ddof=1) for r in runs]
-        assert np.allclose(sorted(t["sharpe"]), sorted(sharpes), rtol=1e-12)
-        d3 = deflated_sharpe(st, best, h)
-        assert d3["n_trials"] == 3 and np.isclose(d3["sharpe_variance"], np.var(sharpes, ddof=1), rtol=1e-12)
-        assert np.isclose(d3["dsr"], deflated_sharpe_ratio(best.returns, 3, np.var(sharpes, ddof=1)), rtol=1e-12)
-        more = [walk_forward(prices, s, window=w, **kw) for s, w in (("min_variance", 90), ("hrp", 90),
-                                                                     ("equal_weight", 90), ("min_variance", 45))]
-        for r in more:
-            record(st, r, h)
-        d7 = deflated_sharpe(st, best, h)
-        assert d7["n_trials"] == 7 == len(trials(st, h))
-        assert d7["expected_max_sharpe"] == expected_max_sharpe(7, d7["sharpe_variance"]) > d3["expected_max_sharpe"]
-        assert d7["dsr"] < d3["dsr"]  # the same backtest, found among more trials, is worth less
-        alone = deflated_sharpe(st, best, "data nobody ran anything on")  # no registry: the result is the only trial
-        assert alone["n_trials"] == 1 and alone["dsr"] > d3["dsr"]
+    best = walk_forward(prices, "min_variance", window=60, **kw)
+    runs = [best, walk_forward(prices, "equal_weight", window=60, **kw), walk_forward(prices, "hrp", window=60, **kw)]
+    for r in runs:
+        record(store, r, h)
+    assert len(trials(store, h)) == 3
+    for r in runs:  # re-running the same configurations does not inflate the count
+        record(store, r, h)
+    record(store, walk_forward(prices[prices.index >= "2022-02-01"], "hrp", window=60, **kw),
+           data_hash(prices[prices.index >= "2022-02-01"]))  # other data: another registry
+    t = trials(store, h)
+    assert len(t) == 3 and t["periods"].tolist() == [len(best.returns)] * 3
+    sharpes = [r.returns.mean() / r.returns.std(ddof=1) for r in runs]
+    assert np.allclose(sorted(t["sharpe"]), sorted(sharpes), rtol=1e-12)
+    d3 = deflated_sharpe(store, best, h)
+    assert d3["n_trials"] == 3 and np.isclose(d3["sharpe_variance"], np.var(sharpes, ddof=1), rtol=1e-12)
+    assert np.isclose(d3["dsr"], deflated_sharpe_ratio(best.returns, 3, np.var(sharpes, ddof=1)), rtol=1e-12)
+    more = [walk_forward(prices, s, window=w, **kw) for s, w in (("min_variance", 90), ("hrp", 90),
+                                                                 ("equal_weight", 90), ("min_variance", 45))]
+    for r in more:
+        record(store, r, h)
+    d7 = deflated_sharpe(store, best, h)
+    assert d7["n_trials"] == 7 == len(trials(store, h))
+    assert d7["expected_max_sharpe"] == expected_max_sharpe(7, d7["sharpe_variance"]) > d3["expected_max_sharpe"]
+    assert d7["dsr"] < d3["dsr"]  # the same backtest, found among more trials, is worth less
+    alone = deflated_sharpe(store, best, "data nobody ran anything on")  # no registry: the result is the only trial
+    assert alone["n_trials"] == 1 and alone["dsr"] > d3["dsr"]
 
 
 @pytest.mark.parametrize("bad, message", [
