@@ -22,8 +22,9 @@ test:  ## the whole suite: nbdev_test over nbs/, then pytest over tests/ and rep
 	$(BIN)/nbdev_test --do_print
 	$(BIN)/python -m pytest
 
-bench:  ## walk-forward benchmark: riskfolio-lib per window, skfolio WalkForward, portopt's fast path (a few minutes)
+bench:  ## benchmarks: the walk-forward optimizations (riskfolio-lib, skfolio, portopt's fast path), then the backtest engine against skfolio (a few minutes)
 	$(BIN)/python bench/walkforward.py
+	$(BIN)/python bench/backtest.py
 
 dashboard:  ## serve reports/ as read-only Voila apps on http://127.0.0.1:8866 (the overview: /voila/render/dashboard.ipynb)
 	$(BIN)/voila reports/ --no-browser --port=8866 --Voila.ip=127.0.0.1
