@@ -166,6 +166,9 @@ def resolve_config(prices: pd.DataFrame, config: dict, periods_per_year: int, vo
     `canonical_config` the backtest's `BacktestResult.config` will have (`start` the first date the portfolio
     trades, `cash` the engine's). Raises `ConfigError` (or `DataError` for bad prices) naming what to change."""
     c = normalize_config(config)
+    if config.get("periods_per_year", periods_per_year) != periods_per_year:
+        raise ConfigError(f"the configuration says periods_per_year={config['periods_per_year']}, the sweep "
+                          f"{periods_per_year}; give it once, to the sweep")
     params = c["params"]
     for k, table in _NAMED.items():
         if k in params and params[k] not in table:
@@ -191,9 +194,10 @@ def _json_ready(x):
     return json.loads(to_json(x))
 
 def record(store: Store, result: BacktestResult, data_hash: str, run_id: str | None = None) -> str:
-    """Save `result` (a `BacktestResult` of `walk_forward` on the prices of `data_hash`) in `store`'s backtests, as a
-    trial of the registry; returns its id, `backtest_key(result.config, data_hash)`. Metrics that are not finite
-    numbers are stored as null. Idempotent: the same backtest on the same data is one row."""
+    """Save `result` (a `BacktestResult` of `walk_forward`) in `store`'s backtests, as a trial of the registry of
+    `data_hash` (`data_hash(prices, volumes, market_caps)` of the data it ran on); returns its id,
+    `backtest_key(result.config, data_hash)`. Metrics that are not finite numbers are stored as null. Idempotent:
+    the same backtest on the same data is one row."""
     config = dict(canonical_config(result.config), data_hash=data_hash)
     return store.write_backtest(result.strategy, config, _json_ready(result.metrics()), result.returns,
                                 run_id=run_id, detail=_json_ready(result.to_dict()))
