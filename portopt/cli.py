@@ -27,7 +27,7 @@ from .store import open_store
 __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt',
            'collect_app', 'ConfigFileOpt', 'supabase_app', 'run', 'import_', 'optimize_', 'backtest_', 'reallocate_',
            'collect_market_', 'collect_solana_', 'listen', 'schedule', 'supabase_up', 'supabase_env', 'supabase_down',
-           'supabase_migrate', 'main']
+           'supabase_migrate', 'main', 'sweep_']
 
 # %% ../nbs/90_cli.ipynb #a995731d
 app = typer.Typer(help="portopt: collect, clean, store, optimize and backtest portfolios; reports as notebooks.",
@@ -339,3 +339,73 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("aborted", err=True)
         return 130
     return rv if isinstance(rv, int) else 0
+
+# %% ../nbs/90_cli.ipynb #5a733cbf
+def _numbers(option: str, text: str | None, kind=int, names=()) -> list | None:
+    "A comma-separated option as numbers (or one of `names`); `ConfigError` naming the option for anything else."
+    parts = _split(text)
+    if parts is None:
+        return None
+    try:
+        return [p if p in names else kind(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give {'whole numbers' if kind is int else 'numbers'}"
+                          f"{' or ' + ', '.join(names) if names else ''} separated by commas, "
+                          f"e.g. {'90,180' if kind is int else '0,10'}") from None
+
+@app.command("sweep")
+def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, assets: AssetsOpt = None,
+           strategies: Annotated[str, typer.Option(help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
+           window: Annotated[str, typer.Option(help="Comma-separated estimation windows, periods of returns.")] = "180",
+           rebalance_every: Annotated[str, typer.Option(help="Comma-separated periods between rebalances, or weekly, monthly.")] = "30",
+           fee_bps: Annotated[str, typer.Option(help="Comma-separated costs per unit of turnover, basis points.")] = "10",
+           risk_measure: Annotated[Optional[str], typer.Option(help=f"Comma-separated risk measures (names or riskfolio-lib codes such as MV, CVaR): {', '.join(RISK_MEASURES)}.")] = None,
+           start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
+           as_of: AsOfOpt = None, periods_per_year: PPYOpt = 365,
+           scheduler: Annotated[Optional[str], typer.Option(help="Address of a Dask scheduler (tcp://host:8786) whose workers have portopt; default: a local cluster on this machine's cores.")] = None,
+           workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes of the local cluster (default: one per core, at most one per backtest to run).")] = None,
+           store: StoreOpt = None, json_: JsonOpt = False):
+    """Walk-forward backtests of every combination of the values given, in parallel on Dask, cached in the store.
+
+    Strategies × windows × rebalance periods × fees (× risk measures, × start) make the configurations.
+    Each backtest is kept in the store under a hash of its configuration and of the data: a re-run is served from it.
+
+    Prints one row per configuration, the cache hits and misses, and the deflated Sharpe ratio of the best one.
+    Every trial run on the same data deflates it: the store's trial registry counts them.
+
+    Every configuration is checked before any work starts.
+    A window longer than the data, a rebalance period of 0 or an unknown strategy ends with one error line, and nothing is written."""
+    from .sweep import grid, sweep
+    axes = dict(strategy=_split(strategies), window=_numbers("--window", window),
+                rebalance_every=_numbers("--rebalance-every", rebalance_every, names=("weekly", "monthly")),
+                fee_bps=_numbers("--fee-bps", fee_bps, float))
+    for name, values in axes.items():
+        if not values:
+            raise ConfigError(f"--{name.replace('_', '-')}: give at least one value")
+    if risk_measure:
+        axes["risk_measure"] = _split(risk_measure)
+    if start:
+        axes["start"] = [start]
+    configs = grid(**axes)
+    p = _prices(dataset, prices, _split(assets), as_of)
+    with open_store(store) as st:
+        res = sweep(p, configs, periods_per_year=periods_per_year, store=st, scheduler=scheduler, n_workers=workers,
+                    progress=not json_)
+        where = str(st.path)
+    best = None if res.best is None else res.table[res.table["key"] == res.best].iloc[0]
+    if json_:
+        out = dict(data_hash=res.data_hash, store=where, hits=res.hits, misses=res.misses,
+                   configs=json.loads(res.table.to_json(orient="records")),
+                   best=None if best is None else json.loads(best.to_json()), dsr=res.dsr)
+        typer.echo(json.dumps(out, indent=2))
+        return
+    shown = [c for c in res.table.columns if c not in ("key", "worker", "total_costs", "rebalances")]
+    _echo_table(res.table[shown].round(4))
+    typer.echo(f"\n{len(res.table)} configuration(s) on {p.shape[1]} assets, {p.index[0]:%Y-%m-%d} to {p.index[-1]:%Y-%m-%d}: "
+               f"{res.hits} from the cache, {res.misses} run; store {where}")
+    if best is not None:
+        axes_shown = ", ".join(f"{k}={best[k]}" for k in axes if k in best.index)
+        d = res.dsr
+        typer.echo(f"best: {axes_shown}: Sharpe {best['sharpe']:.2f} (annualized); deflated Sharpe ratio {d['dsr']:.3f} "
+                   f"over {d['n_trials']} trial(s) on this data (per-period Sharpe {d['sharpe']:.4f}, luck alone "
+                   f"{d['expected_max_sharpe']:.4f}, variance {d['sharpe_variance']:.2e})")

@@ -69,7 +69,13 @@ CREATE TABLE alerts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, portfolio TEXT, kind TEXT NOT NULL, message TEXT NOT NULL,
     created_at TEXT NOT NULL, resolved_at TEXT);
 """
-MIGRATIONS = [(1, SCHEMA_V1)]  # (version, SQL): append, never edit a released one
+MIGRATIONS = [  # (version, SQL): append, never edit a released one
+    (1, SCHEMA_V1),
+    # 2: a backtest's full record (`BacktestResult.to_dict()`: weights of each rebalance, config as run), and an
+    # index on the data a backtest ran on, for the trial registry of `portopt.sweep`
+    (2, """ALTER TABLE backtests ADD COLUMN detail TEXT;
+CREATE INDEX backtests_data_hash ON backtests (json_extract(config, '$.data_hash'))"""),
+]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 TABLES = ("assets", "prices", "market_metrics", "portfolios", "holdings", "optimizations",
           "reallocations", "backtests", "runs", "events", "alerts")
@@ -159,12 +165,25 @@ class Store(ABC):
 
     @abstractmethod
     def write_backtest(self, strategy: str, config: dict, metrics: dict, returns: pd.Series,
-                       run_id: str | None = None) -> str:
-        "Upsert a backtest (id derived from its config). Returns the id."
+                       run_id: str | None = None, detail: dict | None = None) -> str:
+        """Upsert a backtest; its id is `content_id("backtest", strategy, config)`. Returns the id.
+
+        `config` and `metrics`: JSON-ready dicts; `returns`: per-period returns (Series, UTC index, fractions);
+        `detail`: an optional JSON-ready dict, the full record (e.g. `BacktestResult.to_dict()`) — a write
+        without it keeps the stored one."""
 
     @abstractmethod
-    def read_backtests(self, strategy: str | None = None, limit: int = 100) -> pd.DataFrame:
-        "Latest backtests first; `config` and `metrics` decoded to dicts, `returns` to a Series."
+    def read_backtests(self, strategy: str | None = None, limit: int | None = 100,
+                       data_hash: str | None = None) -> pd.DataFrame:
+        """Latest backtests first (columns `id, strategy, config, metrics, returns, run_id, created_at`; not
+        `detail`): `config` and `metrics` decoded to dicts, `returns` to a Series. `limit=None` reads them all;
+        `data_hash` keeps those whose `config["data_hash"]` is it (the data they ran on, `portopt.sweep.data_hash`)."""
+
+    @abstractmethod
+    def read_backtest(self, backtest_id: str) -> dict | None:
+        """One backtest by id, `None` if there is none: `id, strategy, config, metrics, returns, detail, run_id,
+        created_at` with `config`, `metrics` and `detail` decoded (`detail` is `None` when none was written) and
+        `returns` a Series (UTC index)."""
 
     @abstractmethod
     def start_run(self, job: str, parameters: dict, trigger: str = "manual") -> str:
@@ -448,25 +467,44 @@ class SQLiteStore(Store):
             out[col] = out[col].map(json.loads)
         return out
 
-    def write_backtest(self, strategy, config, metrics, returns, run_id=None):
+    def write_backtest(self, strategy, config, metrics, returns, run_id=None, detail=None):
         bid = content_id("backtest", strategy, config)
         series = {to_iso(t): float(v) for t, v in returns.items()}
         with self._transaction() as conn:
-            conn.execute("""INSERT INTO backtests (id, strategy, config, metrics, returns, run_id, created_at)
-                            VALUES (?, ?, ?, ?, ?, ?, ?)
+            conn.execute("""INSERT INTO backtests (id, strategy, config, metrics, returns, run_id, created_at, detail)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                             ON CONFLICT (id) DO UPDATE SET metrics = excluded.metrics, returns = excluded.returns,
-                                run_id = excluded.run_id, created_at = excluded.created_at
-                            WHERE backtests.metrics IS NOT excluded.metrics OR backtests.returns IS NOT excluded.returns""",
+                                run_id = excluded.run_id, created_at = excluded.created_at,
+                                detail = coalesce(excluded.detail, backtests.detail)
+                            WHERE backtests.metrics IS NOT excluded.metrics OR backtests.returns IS NOT excluded.returns
+                               OR (excluded.detail IS NOT NULL AND backtests.detail IS NOT excluded.detail)""",
                          (bid, strategy, to_json(config), to_json(metrics),
-                          to_json(series), run_id, utc_now()))
+                          to_json(series), run_id, utc_now(), None if detail is None else to_json(detail)))
         return bid
 
-    def read_backtests(self, strategy=None, limit=100):
-        sql = "SELECT * FROM backtests" + (" WHERE strategy = ?" if strategy else "") + " ORDER BY created_at DESC LIMIT ?"
-        out = pd.read_sql_query(sql, self.conn, params=([strategy] if strategy else []) + [limit])
+    def read_backtests(self, strategy=None, limit=100, data_hash=None):
+        where, args = ["1 = 1"], []
+        if strategy:
+            where.append("strategy = ?"); args.append(strategy)
+        if data_hash is not None:
+            where.append("json_extract(config, '$.data_hash') = ?"); args.append(data_hash)
+        out = pd.read_sql_query(f"""SELECT id, strategy, config, metrics, returns, run_id, created_at FROM backtests
+                                    WHERE {' AND '.join(where)} ORDER BY created_at DESC, id LIMIT ?""",
+                                self.conn, params=args + [-1 if limit is None else int(limit)])
         out["config"] = out["config"].map(json.loads)
         out["metrics"] = out["metrics"].map(json.loads)
         out["returns"] = out["returns"].map(_series_from_json)
+        return out
+
+    def read_backtest(self, backtest_id):
+        cur = self.conn.execute("SELECT * FROM backtests WHERE id = ?", (backtest_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        out = dict(zip([c[0] for c in cur.description], row))
+        for col in ("config", "metrics", "detail"):
+            out[col] = None if out[col] is None else json.loads(out[col])
+        out["returns"] = _series_from_json(out["returns"])
         return out
 
     # -- market metrics, portfolios, holdings, alerts ---------------------------------------

@@ -46,6 +46,13 @@ def _iso(x, micro: bool = False):
 def _num(x):
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
+_BACKTEST_COLUMNS = ("id", "strategy", "config", "metrics", "returns", "run_id", "created_at")  # `detail`: read_backtest only
+
+def _returns_series(d: dict) -> pd.Series:
+    "A returns Series from its stored JSON, `{ISO timestamp: value}`, in time order."
+    return pd.Series(list(d.values()), index=pd.DatetimeIndex(pd.to_datetime(list(d), utc=True), name="timestamp"),
+                     dtype=float).sort_index()
+
 def _frame(rows: list[dict], columns: list[str], stamps=(), micro=()) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=columns)
     for c in stamps:
@@ -113,14 +120,16 @@ class SupabaseStore(Store):
         except httpx.HTTPError as e:
             raise StoreError(f"{what}: cannot reach {self.url} ({e}); is the stack up (make supabase-up)?") from e
 
-    def _pages(self, make, what: str) -> list[dict]:
-        "Every row of a query, `page_size` rows per request; `make()` builds a fresh, ordered query."
+    def _pages(self, make, what: str, limit: int | None = None) -> list[dict]:
+        "Every row of a query (at most `limit`), `page_size` rows per request; `make()` builds a fresh, ordered query."
         rows = []
-        while True:
-            chunk = self._exec(make().range(len(rows), len(rows) + self.page_size - 1), what)
+        while limit is None or len(rows) < limit:
+            size = self.page_size if limit is None else min(self.page_size, limit - len(rows))
+            chunk = self._exec(make().range(len(rows), len(rows) + size - 1), what)
             rows += chunk
-            if len(chunk) < self.page_size:
-                return rows
+            if len(chunk) < size:
+                break
+        return rows
 
     def _rpc(self, fn: str, params: dict):
         return self._exec(self.client.rpc(fn, params), f"{fn}()")
@@ -178,22 +187,34 @@ class SupabaseStore(Store):
         return _frame(rows, ["id", "portfolio", "strategy", "params", "as_of", "weights", "metrics", "run_id", "created_at"],
                       stamps=("as_of",), micro=("created_at",))
 
-    def write_backtest(self, strategy, config, metrics, returns, run_id=None):
+    def write_backtest(self, strategy, config, metrics, returns, run_id=None, detail=None):
         bid = content_id("backtest", strategy, config)
         row = dict(id=bid, strategy=strategy, config=json.loads(to_json(config)), metrics=json.loads(to_json(metrics)),
                    returns={to_iso(t): float(v) for t, v in returns.items()}, run_id=run_id)
+        if detail is not None:  # absent from the upsert: a stored detail is kept
+            row["detail"] = json.loads(to_json(detail))
         self._exec(self._table("backtests").upsert(row, on_conflict="id", returning=ReturnMethod.minimal), "backtests")
         return bid
 
-    def read_backtests(self, strategy=None, limit=100):
-        q = self._table("backtests").select("*").order("created_at", desc=True).limit(limit)
-        if strategy:
-            q = q.eq("strategy", strategy)
-        out = _frame(self._exec(q, "backtests"), ["id", "strategy", "config", "metrics", "returns", "run_id", "created_at"],
-                     micro=("created_at",))
-        out["returns"] = out["returns"].map(lambda d: pd.Series(
-            list(d.values()), index=pd.DatetimeIndex(pd.to_datetime(list(d), utc=True), name="timestamp"), dtype=float)
-            .sort_index())
+    def read_backtests(self, strategy=None, limit=100, data_hash=None):
+        def make():
+            q = self._table("backtests").select(",".join(_BACKTEST_COLUMNS)).order("created_at", desc=True).order("id")
+            if strategy:
+                q = q.eq("strategy", strategy)
+            if data_hash is not None:
+                q = q.eq("config->>data_hash", data_hash)
+            return q
+        out = _frame(self._pages(make, "backtests", limit), list(_BACKTEST_COLUMNS), micro=("created_at",))
+        out["returns"] = out["returns"].map(_returns_series)
+        return out
+
+    def read_backtest(self, backtest_id):
+        rows = self._exec(self._table("backtests").select("*").eq("id", backtest_id), "backtests")
+        if not rows:
+            return None
+        out = dict(rows[0])
+        out["created_at"] = _iso(out["created_at"], True)
+        out["returns"] = _returns_series(out["returns"])
         return out
 
     # -- runs and events ------------------------------------------------------------------

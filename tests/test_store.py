@@ -21,6 +21,20 @@ def test_schema_has_the_design_tables_and_refuses_a_newer_store(store_path):
         SQLiteStore(store_path)
 
 
+def test_a_version_1_store_is_migrated_and_keeps_its_backtests(store_path):
+    from portopt.store import SCHEMA_V1
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    conn.executescript(SCHEMA_V1)
+    conn.execute("INSERT INTO backtests VALUES ('old', 'hrp', '{\"window\": 90}', '{\"sharpe\": 0.5}', "
+                 "'{\"2022-01-01T00:00:00Z\": 0.01}', NULL, '2022-01-02T00:00:00.000000Z')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with SQLiteStore(store_path) as st:
+        assert st.schema_version == SCHEMA_VERSION >= 2
+        old = st.read_backtest("old")
+        assert old["config"] == {"window": 90} and old["detail"] is None and old["returns"].tolist() == [0.01]
+
+
 def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     bad = tmp_path / "notes.sqlite"
     bad.write_text("these are my notes, not a database\n" * 100)
@@ -78,6 +92,27 @@ def test_results_are_upserted_on_their_natural_keys(store):
     y = st.write_backtest("hrp", {"window": 90, "start": pd.Timestamp("2022-01-01", tz="UTC")}, {"sharpe": 0.5}, r)
     assert x == y and len(st.read_backtests()) == 1
     pd.testing.assert_series_equal(st.read_backtests().loc[0, "returns"], r, check_names=False, check_freq=False)
+
+
+def test_a_backtest_keeps_its_detail_and_is_found_by_the_data_it_ran_on(store):
+    st = store
+    r = pd.Series([0.01, -0.02, 0.005], index=pd.date_range("2022-01-01", periods=3, tz="UTC"))
+    a_cfg, b_cfg = {"window": 90, "data_hash": "aaa"}, {"window": 120, "data_hash": "aaa"}
+    detail = {"weights": {"2022-01-01T00:00:00+00:00": {"BTC": 0.25, "ETH": 0.75}}, "config": {"assets": ["BTC", "ETH"]}}
+    a = st.write_backtest("hrp", a_cfg, {"sharpe": 0.5}, r, detail=detail)
+    b = st.write_backtest("hrp", b_cfg, {"sharpe": 0.4}, r * 2)
+    c = st.write_backtest("hrp", {"window": 90, "data_hash": "bbb"}, {"sharpe": 0.1}, r)
+    assert len({a, b, c}) == 3
+    got = st.read_backtest(a)
+    assert got["id"] == a and got["strategy"] == "hrp" and got["config"] == a_cfg and got["metrics"] == {"sharpe": 0.5}
+    assert got["detail"] == detail and st.read_backtest(b)["detail"] is None and st.read_backtest("no-such-id") is None
+    pd.testing.assert_series_equal(got["returns"], r, check_names=False, check_freq=False)
+    assert st.write_backtest("hrp", a_cfg, {"sharpe": 0.5}, r) == a and st.read_backtest(a)["detail"] == detail  # kept
+    assert st.write_backtest("hrp", a_cfg, {"sharpe": 0.5}, r, detail={"v": 2}) == a and st.read_backtest(a)["detail"] == {"v": 2}
+    assert sorted(st.read_backtests(data_hash="aaa")["id"]) == sorted([a, b])
+    assert st.read_backtests(data_hash="bbb")["id"].tolist() == [c] and st.read_backtests(data_hash="ccc").empty
+    assert "detail" not in st.read_backtests().columns and len(st.read_backtests(limit=None)) == 3
+    assert len(st.read_backtests(limit=2)) == 2
 
 
 def test_runs_are_recorded_with_their_outcome(store):
