@@ -14,11 +14,11 @@ import click
 import pandas as pd
 import typer
 
-from .backtest import BENCHMARK, compare, metrics_table
+from .backtest import BENCHMARK, benchmark_name, compare, metrics_table
 from .clean import clean_prices, returns, to_utc, to_wide, validate_prices
 from .collect.solana import run_collect_job
 from .config import ConfigError, PortoptError
-from .data import DATASETS, load_prices, load_volumes, read_price_file
+from .data import DATASETS, load_market_caps, load_prices, load_volumes, read_price_file
 from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES, STRATEGIES, Constraints, estimation_window, optimize
 from .reports import run_report
 from .store import open_store
@@ -133,33 +133,71 @@ def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, strategy: St
                f"solver {alloc.diagnostics['solver']}")
 
 @app.command("backtest")
-def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, strategy: StrategyOpt = "max_sharpe",
+def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None,
+              strategy: Annotated[str, typer.Option(help=f"Strategy, or comma-separated strategies: {', '.join(STRATEGIES)}.")] = "max_sharpe",
               assets: AssetsOpt = None,
-              window: Annotated[int, typer.Option(help="Periods of returns per optimization.")] = 180,
-              rebalance_every: Annotated[int, typer.Option(help="Periods between rebalances.")] = 30,
-              fee_bps: Annotated[float, typer.Option(help="Cost per unit of turnover, basis points.")] = 10.0,
-              start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
+              window: Annotated[int, typer.Option(help="Periods of returns per optimization (the minimum with --expanding).")] = 180,
+              expanding: Annotated[bool, typer.Option(help="Estimate on all history before each rebalance, not a rolling window.")] = False,
+              rebalance_every: Annotated[str, typer.Option(help="Periods between rebalances, or 'weekly' / 'monthly' (first period of each).")] = "30",
+              band: Annotated[Optional[float], typer.Option(help="Drift band (fraction of weight, e.g. 0.05): trade only when a weight is further than this from its target.")] = None,
+              fee_bps: Annotated[float, typer.Option(help="Fee per traded value, basis points.")] = 10.0,
+              slippage_bps: Annotated[float, typer.Option(help="Slippage per traded value, basis points.")] = 0.0,
               impact_coefficient: Annotated[float, typer.Option(help="Square-root market impact (Y; 0: none), with --dataset volumes.")] = 0.0,
-              capital: Annotated[float, typer.Option(help="Starting portfolio value for the impact model, quote currency.")] = 1e6,
-              as_of: AsOfOpt = None, periods_per_year: PPYOpt = 365, json_: JsonOpt = False):
-    "Walk-forward backtest of a strategy against the equal-weight benchmark."
+              capital: Annotated[float, typer.Option(help="Starting portfolio value, quote currency (NAV and market impact).")] = 1e6,
+              start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
+              cash: Annotated[Optional[str], typer.Option(help="Cash asset: a column such as USDC, or a name for cash that earns 0; never optimized.")] = None,
+              max_weight: Annotated[Optional[float], typer.Option(help="Position cap per asset (fraction); the excess goes to the others, then cash.")] = None,
+              drawdown_limit: Annotated[Optional[float], typer.Option(help="Circuit breaker: all to cash beyond this drawdown (fraction); re-enter at a rebalance after --cooldown periods.")] = None,
+              cooldown: Annotated[int, typer.Option(help="Periods in cash before the circuit breaker may re-enter.")] = 30,
+              on_failure: Annotated[str, typer.Option(help="A failed optimization: 'hold' the current weights, fall back to 'equal_weight', or 'raise'.")] = "hold",
+              risk_measure: Annotated[Optional[str], typer.Option(help=f"Risk measure for the strategies that take one: {', '.join(RISK_MEASURES)}.")] = None,
+              benchmarks: Annotated[str, typer.Option(help="Comma-separated benchmarks: equal_weight, buy_and_hold, market_cap (with --dataset), asset:<name>; 'none' for none.")] = "equal_weight",
+              as_of: AsOfOpt = None, periods_per_year: PPYOpt = 365, store: StoreOpt = None,
+              save: Annotated[bool, typer.Option(help="Record every result in the store's backtests: the trial registry that deflates the Sharpe ratio.")] = True,
+              json_: JsonOpt = False):
+    """Walk-forward backtest of one or more strategies against benchmarks, through the same engine.
+
+    Prints the metrics with 95 % bootstrap intervals (Sharpe, annualized return), the probabilistic Sharpe ratio and the deflated Sharpe ratio, whose number of trials is every configuration recorded on the same data in the store."""
+    from portopt.sweep import data_hash, deflated_sharpe, record
     p = _prices(dataset, prices, _split(assets), as_of)
-    volumes = None
-    if impact_coefficient:
+    every = int(rebalance_every) if rebalance_every.strip().isdigit() else rebalance_every.strip()
+    volumes = caps = None
+    bench = [] if benchmarks.strip().lower() == "none" else _split(benchmarks)
+    if impact_coefficient or "market_cap" in bench:
         if dataset is None:
-            raise ConfigError("--impact-coefficient needs volumes: use --dataset (a price file's volumes are not read yet)")
-        volumes = load_volumes(dataset, assets=list(p.columns)).reindex(p.index)
-    results = compare(p, [strategy], periods_per_year=periods_per_year, window=window, rebalance_every=rebalance_every,
-                      fee_bps=fee_bps, start=start, progress=not json_, volumes=volumes,
-                      impact_coefficient=impact_coefficient, capital=capital)
+            raise ConfigError("--impact-coefficient and the market_cap benchmark need --dataset (a price file's volumes and market caps are not read)")
+        volumes = load_volumes(dataset, assets=list(p.columns)).reindex(p.index) if impact_coefficient else None
+        caps = load_market_caps(dataset, assets=list(p.columns)) if "market_cap" in bench else None
+    options = dict(window=window, expanding=expanding, rebalance_every=every, band=band, fee_bps=fee_bps, slippage_bps=slippage_bps,
+                   impact_coefficient=impact_coefficient, capital=capital, start=start, cash=cash, max_weight=max_weight,
+                   drawdown_limit=drawdown_limit, cooldown=cooldown, on_failure=on_failure,
+                   params={"risk_measure": risk_measure} if risk_measure else {})
+    results = compare(p, _split(strategy), periods_per_year=periods_per_year, benchmarks=bench, progress=not json_,
+                      volumes=volumes, market_caps=caps, **options)
+    dh = data_hash(p, volumes, caps)
+    rows, trials = {}, None
+    with open_store(store) as st:
+        for name, res in results.items():
+            if save:
+                record(st, res, dh)
+        for name, res in results.items():
+            trials = deflated_sharpe(st, res, dh)
+            rows[name] = dict(res.summary(n_trials=trials["n_trials"], sharpe_variance=trials["sharpe_variance"]))
     if json_:
-        out = results[strategy].to_dict()
-        bench = results[BENCHMARK].to_dict()
-        out["benchmark"] = dict(strategy=BENCHMARK, metrics=bench["metrics"], returns=bench["returns"])
-        typer.echo(json.dumps(out, indent=2))
+        first = _split(strategy)[0]
+        out = dict(results[first].to_dict(), summary=rows[first], data_hash=dh,
+                   results={k: dict(strategy=v.strategy, metrics=rows[k], returns=v.to_dict()["returns"]) for k, v in results.items()})
+        if bench:
+            b = benchmark_name(bench[0])
+            out["benchmark"] = dict(strategy=b, metrics=rows[b], returns=out["results"][b]["returns"])
+        typer.echo(json.dumps(out, indent=2, default=str))
         return
-    cols = ["total_return", "annualized_return", "annualized_volatility", "sharpe", "max_drawdown", "mean_turnover", "total_costs"]
-    _echo_table(metrics_table(results)[cols].astype(float).round(4))
+    table = pd.DataFrame(rows).T
+    cols = ["total_return", "annualized_return", "annualized_return_low", "annualized_return_high", "annualized_volatility", "sharpe",
+            "sharpe_low", "sharpe_high", "psr", "dsr", "max_drawdown", "mean_turnover", "total_costs", "failures"]
+    _echo_table(table[[c for c in cols if c in table]].astype(float).round(4))
+    typer.echo(f"\nintervals: 95 % stationary block bootstrap; dsr: deflated Sharpe over {trials['n_trials']} configuration(s) "
+               f"recorded on this data{'' if save else ' (this run not recorded: --no-save)'}")
 
 # %% ../nbs/90_cli.ipynb #fa4f9f19
 @app.command("reallocate")

@@ -81,3 +81,56 @@ def test_a_failed_report_is_recorded_with_its_error(cli, store_path, tmp_path):
         run = st.read_runs().iloc[0]
     assert run["status"] == "failed" and "no prices stored for ['NOPE']" in run["error"]
     assert len(list((tmp_path / "runs").glob("*-portfolio/portfolio.html"))) == 1  # the partial report is kept
+
+
+def test_backtest_reports_intervals_and_deflates_by_the_trials_recorded_on_the_data(cli, store_path):
+    base = ["backtest", "--dataset", "coingecko-daily", "--assets", "BTC,ETH,SOL,USDC", "--strategy", "min_variance,hrp",
+            "--benchmarks", "equal_weight,buy_and_hold,asset:BTC", "--window", "90", "--start", "2022-01-01",
+            "--rebalance-every", "monthly", "--fee-bps", "10", "--slippage-bps", "5", "--store", store_path, "--json"]
+    first = json.loads(cli(*base).stdout)
+    assert set(first["results"]) == {"min_variance", "hrp", "benchmark (equal weight)", "benchmark (buy and hold)", "benchmark (BTC)"}
+    s = first["summary"]
+    assert s["sharpe_low"] < s["sharpe"] < s["sharpe_high"] and 0 <= s["dsr"] <= s["psr"] <= 1
+    assert s["n_trials"] == 5                                   # five configurations recorded on this data
+    btc = pd.Series(first["results"]["benchmark (BTC)"]["returns"])
+    prices = load_prices(assets=["BTC"])["BTC"]
+    expected = prices.pct_change().loc["2022-01-01":].to_numpy().copy()
+    expected[0] = (1 - 15e-4) * (1 + expected[0]) - 1             # the one trade buys BTC: 10 bps fee + 5 bps slippage
+    assert np.allclose(btc.to_numpy(), expected, rtol=0, atol=1e-12)
+    again = json.loads(cli(*base).stdout)                       # the same configurations: no new trials
+    assert again["summary"]["n_trials"] == 5 and again["summary"]["dsr"] == s["dsr"]
+    more = json.loads(cli(*[a if a != "monthly" else "weekly" for a in base]).stdout)
+    assert more["summary"]["n_trials"] == 10 and more["summary"]["dsr"] != s["dsr"]
+    with SQLiteStore(store_path) as st:
+        assert len(st.read_backtests(limit=None)) == 10
+
+
+def test_a_bad_backtest_configuration_fails_before_anything_is_recorded(cli, store_path):
+    proc = cli("backtest", "--dataset", "coingecko-daily", "--assets", "BTC,ETH", "--strategy", "hrp,no_such_strategy",
+               "--window", "90", "--store", store_path, check=False)
+    assert proc.returncode == 1 and "unknown strategy 'no_such_strategy'" in proc.stderr
+    proc = cli("backtest", "--dataset", "coingecko-daily", "--assets", "BTC,ETH", "--rebalance-every", "0",
+               "--store", store_path, check=False)
+    assert proc.returncode == 1 and "rebalance period" in proc.stderr
+    with SQLiteStore(store_path) as st:
+        assert st.read_backtests(limit=None).empty
+
+
+def test_the_backtest_report_runs_through_papermill_and_records_its_trials(cli, store_path, tmp_path):
+    proc = cli("run", "--report", "backtest", "--assets", "BTC,ETH,SOL,USDC", "--strategies", "hrp,min_variance",
+               "--window", "90", "--rebalance-every", "14", "--start", "2022-03-01", "--store", store_path)
+    folder = next((tmp_path / "runs").glob("*-backtest"))
+    html = (folder / "backtest.html").read_text()
+    assert "Cumulative return" in html and "Weights over time: hrp" in html and "Turnover and costs" in html
+    assert "record(store, res, dh, run_id=run_id)" not in html          # no code cells in the HTML report
+    metrics = pd.read_csv(folder / "metrics.csv", index_col=0)
+    assert set(metrics.index) == {"hrp", "min_variance", "benchmark (equal weight)", "benchmark (buy and hold)",
+                                  "benchmark (market cap)", "benchmark (BTC)"}
+    assert (metrics["sharpe_low"] < metrics["sharpe"]).all() and (metrics["dsr"] <= metrics["psr"]).all()
+    assert (metrics["n_trials"] == 6).all()
+    with SQLiteStore(store_path) as st:
+        stored = st.read_backtests(limit=None).set_index("strategy")
+        run = st.read_runs().iloc[0]
+    assert len(stored) == 6 and (stored["run_id"] == run["id"]).all() and run["status"] == "succeeded"
+    assert np.isclose(stored.loc["hrp", "metrics"]["sharpe"], metrics.loc["hrp", "sharpe"])
+    assert "report:" in proc.stdout
