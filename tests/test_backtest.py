@@ -29,6 +29,17 @@ def test_no_look_ahead_truncating_or_rewriting_the_future_changes_nothing_before
     assert not np.allclose(full.returns[full.returns.index > cut], rewritten.returns[rewritten.returns.index > cut])
 
 
+@pytest.mark.parametrize("options", [dict(band=0.05, rebalance_every=1), dict(drawdown_limit=0.15, cooldown=10, cash="USDC"),
+                                     dict(max_weight=0.3, rebalance_every="weekly", expanding=True)])
+def test_no_look_ahead_with_bands_overlays_and_calendar_schedules(prices, options):
+    cut = pd.Timestamp("2021-09-15", tz="UTC")
+    kw = dict(periods_per_year=365, window=90, fee_bps=10, start="2021-01-01", **{"rebalance_every": 20, **options})
+    full = walk_forward(prices, "min_variance", **kw)
+    truncated = walk_forward(prices[prices.index <= cut], "min_variance", **kw)
+    pd.testing.assert_series_equal(full.nav[full.nav.index <= cut], truncated.nav)
+    pd.testing.assert_frame_equal(full.log[full.log["timestamp"] <= cut], truncated.log)
+
+
 def test_equal_weight_matches_buy_and_hold_between_rebalances(prices):
     # Independent of the engine's drift arithmetic: between rebalances an equally weighted portfolio
     # is worth the mean of each asset's price relative to the rebalance day's open (the previous close).

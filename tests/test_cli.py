@@ -67,10 +67,12 @@ def test_run_leaves_a_report_and_stores_what_it_computed(cli, store_path, tmp_pa
         runs = st.read_runs()
         stored = st.read_backtests().set_index("strategy")
         assert runs.loc[0, "status"] == "succeeded" and runs.loc[0, "output_path"] == str(folder)
-        assert set(stored.index) == set(metrics.index) == {"min_variance", "max_sharpe", "benchmark (equal weight)"}
+        assert set(metrics.index) == {"min_variance", "max_sharpe", "benchmark (equal weight)"}
+        assert set(stored.index) == {"min_variance", "max_sharpe", "equal_weight"}  # stored by the strategy the engine ran
         for name in metrics.index:
-            assert np.isclose(stored.loc[name, "metrics"]["sharpe"], metrics.loc[name, "sharpe"])
-            assert stored.loc[name, "run_id"] == runs.loc[0, "id"]
+            strategy = "equal_weight" if name == "benchmark (equal weight)" else name
+            assert np.isclose(stored.loc[strategy, "metrics"]["sharpe"], metrics.loc[name, "sharpe"])
+            assert stored.loc[strategy, "run_id"] == runs.loc[0, "id"] and stored.loc[strategy, "config"]["data_hash"]
         assert len(st.read_optimizations()) == 3
 
 
