@@ -154,7 +154,11 @@ def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = Non
     if not assets:
         raise ConfigError(f"portfolio {portfolio!r} has no assets in its settings and holds none; "
                           "set settings['assets'] or write its holdings")
-    raw = store.read_prices(assets, as_of=as_of)
+    # the window needs its periods only: read twice their span in days (and a month) before as_of, all history if short
+    span = pd.Timedelta(days=2 * int(s["window"]) * 366 / int(s["periods_per_year"]) + 30)
+    raw = store.read_prices(assets, as_of=as_of, start=None if as_of is None else to_utc(as_of) - span)
+    if as_of is not None and (len(raw) <= int(s["window"]) or not set(assets) <= set(raw.columns)):
+        raw = store.read_prices(assets, as_of=as_of)
     missing = [a for a in assets if a not in raw.columns]
     if missing:
         raise DataError(f"portfolio {portfolio!r}: no prices stored for {missing}; collect or import them first")

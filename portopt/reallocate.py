@@ -276,7 +276,11 @@ def market_from_store(store, assets: list, as_of=None, lookback: int = 30) -> Ma
     `lookback` days), daily volatility (std of daily returns over `lookback` days), and lending pools from
     `market_metrics` (`available_liquidity`, `borrowed`, and optionally `curve_u<k>`/`curve_r<k>` points and
     `protocol_fee`)."""
-    prices = store.read_prices(assets, as_of=as_of)
+    # only the recent rows are needed: read a margin of 3 × lookback days before as_of, all history when that misses one
+    since = None if as_of is None else to_utc(as_of) - pd.Timedelta(days=3 * (lookback + 1))
+    prices = store.read_prices(assets, as_of=as_of, start=since)
+    if since is not None and (prices.empty or not set(assets) <= set(prices.columns) or prices.iloc[-1].isna().any()):
+        prices, since = store.read_prices(assets, as_of=as_of), None
     if prices.empty or prices.dropna(how="all").empty:
         raise DataError(f"no prices stored for {assets} up to {as_of or 'now'}; import or collect them first")
     last = prices.ffill().iloc[-1]
@@ -284,7 +288,7 @@ def market_from_store(store, assets: list, as_of=None, lookback: int = 30) -> Ma
     if missing:
         raise DataError(f"no price stored for {missing} up to {as_of or 'now'}: unknown asset(s) for this store")
     recent = prices.iloc[-(lookback + 1):]
-    volume = store.read_prices(assets, as_of=as_of, field="volume").iloc[-lookback:]
+    volume = store.read_prices(assets, as_of=as_of, start=since, field="volume").iloc[-lookback:]
     vol = recent.pct_change(fill_method=None).std()
     pools = {}
     metrics = store.read_market_metrics(assets, as_of=as_of)
@@ -338,8 +342,12 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
     if guard:
         store.write_alert(guard[0], guard[1], portfolio)
         return "held", None, store.write_reallocation(portfolio, when, "held", dict(extra or {}, reason=guard[1]))
-    prices = store.read_prices(assets, as_of=as_of)
-    r = estimation_window(simple_returns(prices), cfg.get("window", 180))
+    window = cfg.get("window", 180)
+    span = pd.Timedelta(days=2 * window * 366 / cfg.get("periods_per_year", 365) + 30)  # the window's periods, with a margin
+    prices = store.read_prices(assets, as_of=as_of, start=when - span)
+    if len(prices) <= window:
+        prices = store.read_prices(assets, as_of=as_of)
+    r = estimation_window(simple_returns(prices), window)
     alloc = target if target is not None else optimize(r, cfg.get("strategy", "min_variance"),
                                                        periods_per_year=cfg.get("periods_per_year", 365),
                                                        **cfg.get("strategy_params", {}))
