@@ -3,9 +3,9 @@
     .venv/bin/python bench/dashboard.py
 
 Fills a scratch store (the demo portfolio, its reallocation decision, a small portfolio report), serves reports/
-with the project's voila.json (the overview preheated), and loads each app three times in a fresh page. "First
+with the project's voila.json (no pre-heated kernels), and loads each app three times in a fresh page. "First
 meaningful render": the overview's summary table; the reallocation app's decision; the portfolio app's metrics.
-Only the overview is preheated (voila.json); the other apps execute on load. Target: overview <= 3 s.
+Every app executes on load (voila.json: preheat_kernel false, see the README). Target: overview <= 3 s.
 """
 import statistics
 import sys
@@ -48,10 +48,8 @@ def main():
         for app, selector in APPS.items():
             times = []
             for _ in range(3):
-                if app == "dashboard.ipynb":  # wait for the pool to refill: each page load takes the preheated kernel
-                    time.sleep(8)
                 times.append(first_render(f"{url}/voila/render/{app}", selector))
-            rows.append((app, "preheated" if app == "dashboard.ipynb" else "cold kernel", statistics.median(times), min(times)))
+            rows.append((app, "cold kernel", statistics.median(times), min(times)))
     print(f"{'app':22s} {'kernel':12s} {'median s':>9s} {'best s':>7s}")
     for app, kind, med, best in rows:
         print(f"{app:22s} {kind:12s} {med:9.2f} {best:7.2f}")

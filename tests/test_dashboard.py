@@ -41,7 +41,7 @@ def require_browser():
 
 @contextlib.contextmanager
 def voila(store_path: Path, log: Path):
-    "Serve reports/ with the project's voila.json on a free loopback port; yields the base URL once the dashboard is preheated."
+    "Serve reports/ with the project's voila.json on a free loopback port; yields the base URL once Voila listens."
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -52,7 +52,7 @@ def voila(store_path: Path, log: Path):
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 180
-        while "Kernel pool of dashboard.ipynb is filled" not in log.read_text():
+        while "Voilà is running at" not in log.read_text():
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"
@@ -62,15 +62,8 @@ def voila(store_path: Path, log: Path):
 
 
 def open_app(page, url: str) -> None:
-    """Load a Voila app. A request that reaches Voila 0.5.13 while the preheated kernel is still executing the
-    notebook (right after start-up, or right after the pool refills) can wait forever in Voila's hand-over of the
-    half-rendered notebook; a user reloads, and so does this: once, by which time the next pooled kernel has
-    finished its preheat."""
-    from playwright.sync_api import TimeoutError as PageTimeout
-    try:
-        page.goto(url, wait_until="domcontentloaded", timeout=90_000)
-    except PageTimeout:
-        page.goto(url, wait_until="domcontentloaded", timeout=180_000)
+    "Load a Voila app: Voila executes the notebook in a new kernel for each page (voila.json: no pre-heated kernels)."
+    page.goto(url, wait_until="domcontentloaded", timeout=180_000)
 
 
 @contextlib.contextmanager
