@@ -62,8 +62,15 @@ def voila(store_path: Path, log: Path):
 
 
 def open_app(page, url: str) -> None:
-    "Load a Voila app: Voila executes the notebook in a new kernel for each page (voila.json: no pre-heated kernels)."
-    page.goto(url, wait_until="domcontentloaded", timeout=180_000)
+    """Load a Voila app; Voila executes the notebook in a new kernel for each page (voila.json: no pre-heated
+    kernels). With Voila 0.5.13 here, a page intermittently never finishes: the kernel's execution of the notebook
+    does not end (seen on fresh installs, first loads after start most often; the README says so). A user
+    reloads, and so does this, once: the reload runs in another new kernel."""
+    from playwright.sync_api import TimeoutError as PageTimeout
+    try:
+        page.goto(url, wait_until="domcontentloaded", timeout=90_000)
+    except PageTimeout:
+        page.goto(url, wait_until="domcontentloaded", timeout=180_000)
 
 
 @contextlib.contextmanager
