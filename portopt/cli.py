@@ -158,7 +158,7 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None,
     """Walk-forward backtest of one or more strategies against benchmarks, through the same engine.
 
     Prints the metrics with 95 % bootstrap intervals (Sharpe, annualized return), the probabilistic Sharpe ratio and the deflated Sharpe ratio, whose number of trials is every configuration recorded on the same data in the store."""
-    from portopt.sweep import data_hash, deflated_sharpe, record
+    from portopt.sweep import data_hash, deflated_sharpe, record, trials
     p = _prices(dataset, prices, _split(assets), as_of)
     every = int(rebalance_every) if rebalance_every.strip().isdigit() else rebalance_every.strip()
     volumes = caps = None
@@ -175,14 +175,15 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None,
     results = compare(p, _split(strategy), periods_per_year=periods_per_year, benchmarks=bench, progress=not json_,
                       volumes=volumes, market_caps=caps, **options)
     dh = data_hash(p, volumes, caps)
-    rows, trials = {}, None
+    rows, deflated = {}, None
     with open_store(store) as st:
         for name, res in results.items():
             if save:
                 record(st, res, dh)
+        registry = trials(st, dh)  # read once for every result
         for name, res in results.items():
-            trials = deflated_sharpe(st, res, dh)
-            rows[name] = dict(res.summary(n_trials=trials["n_trials"], sharpe_variance=trials["sharpe_variance"]))
+            deflated = deflated_sharpe(st, res, dh, registry)
+            rows[name] = dict(res.summary(n_trials=deflated["n_trials"], sharpe_variance=deflated["sharpe_variance"]))
     if json_:
         first = _split(strategy)[0]
         out = dict(results[first].to_dict(), summary=rows[first], data_hash=dh,
@@ -196,7 +197,7 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None,
     cols = ["total_return", "annualized_return", "annualized_return_low", "annualized_return_high", "annualized_volatility", "sharpe",
             "sharpe_low", "sharpe_high", "psr", "dsr", "max_drawdown", "mean_turnover", "total_costs", "failures"]
     _echo_table(table[[c for c in cols if c in table]].astype(float).round(4))
-    typer.echo(f"\nintervals: 95 % stationary block bootstrap; dsr: deflated Sharpe over {trials['n_trials']} configuration(s) "
+    typer.echo(f"\nintervals: 95 % stationary block bootstrap; dsr: deflated Sharpe over {deflated['n_trials']} configuration(s) "
                f"recorded on this data{'' if save else ' (this run not recorded: --no-save)'}")
 
 # %% ../nbs/90_cli.ipynb #fa4f9f19

@@ -242,12 +242,12 @@ def _deflate(returns: pd.Series, sharpes) -> dict:
     return dict(dsr=deflated_sharpe_ratio(returns, n, var), n_trials=n, sharpe_variance=var,
                 expected_max_sharpe=expected_max_sharpe(n, var), sharpe=_period_sharpe(returns))
 
-def deflated_sharpe(store: Store, result: BacktestResult, data_hash: str) -> dict:
+def deflated_sharpe(store: Store, result: BacktestResult, data_hash: str, registry: pd.DataFrame | None = None) -> dict:
     """The Deflated Sharpe Ratio of `result` with the trials of the registry (`trials(store, data_hash)`, plus `result`
     if it is not recorded): `{"dsr": probability in [0, 1], "n_trials": N, "sharpe_variance": V (per-period Sharpe,
     squared), "expected_max_sharpe": the per-period Sharpe the best of N would reach by luck, "sharpe": result's
-    per-period Sharpe}`."""
-    t = trials(store, data_hash)
+    per-period Sharpe}`. `registry`: that `trials` frame when already read (several results on the same data)."""
+    t = trials(store, data_hash) if registry is None else registry
     sharpes = t["sharpe"].tolist()
     if backtest_key(result.config, data_hash) not in set(t["id"]):
         sharpes.append(_period_sharpe(result.returns))
