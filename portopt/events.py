@@ -19,7 +19,7 @@ from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, 
 from .clean import clean_prices, returns, to_utc
 from .config import ConfigError, DataError, PortoptError, StoreError, get_settings
 from .optimize import STRATEGIES, estimation_window, optimize
-from .reallocate import ReallocationSettings, reallocate_portfolio
+from .reallocate import ReallocationSettings, read_recent_prices, reallocate_portfolio
 from .store import Store, to_iso
 
 log = logging.getLogger("portopt.events")
@@ -154,11 +154,9 @@ def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = Non
     if not assets:
         raise ConfigError(f"portfolio {portfolio!r} has no assets in its settings and holds none; "
                           "set settings['assets'] or write its holdings")
-    # the window needs its periods only: read twice their span in days (and a month) before as_of, all history if short
-    span = pd.Timedelta(days=2 * int(s["window"]) * 366 / int(s["periods_per_year"]) + 30)
-    raw = store.read_prices(assets, as_of=as_of, start=None if as_of is None else to_utc(as_of) - span)
-    if as_of is not None and (len(raw) <= int(s["window"]) or not set(assets) <= set(raw.columns)):
-        raw = store.read_prices(assets, as_of=as_of)
+    # the window needs its periods only: twice their span in days, and a month
+    raw = read_recent_prices(store, assets, as_of, 2 * int(s["window"]) * 366 / int(s["periods_per_year"]) + 30,
+                             lambda p: len(p) > int(s["window"]) and set(assets) <= set(p.columns))
     missing = [a for a in assets if a not in raw.columns]
     if missing:
         raise DataError(f"portfolio {portfolio!r}: no prices stored for {missing}; collect or import them first")

@@ -16,8 +16,8 @@ from .config import ConfigError, DataError
 
 # %% auto #0
 __all__ = ['POOL_METRICS', 'DEMO', 'square_root_impact', 'amm_swap', 'Pool', 'Market', 'ReallocationSettings', 'Reallocation',
-           'plan_reallocation', 'market_from_store', 'portfolio_drawdown', 'reallocate_portfolio', 'paper_fills',
-           'ensure_demo_portfolio']
+           'plan_reallocation', 'read_recent_prices', 'market_from_store', 'portfolio_drawdown', 'reallocate_portfolio',
+           'paper_fills', 'ensure_demo_portfolio']
 
 # %% ../nbs/30_reallocate.ipynb #9f0d81b1
 def square_root_impact(value: float, adv: float, volatility: float, coefficient: float = 1.0) -> float:
@@ -271,16 +271,22 @@ def plan_reallocation(holdings: pd.Series, target, market: Market, settings: Rea
 # %% ../nbs/30_reallocate.ipynb #6c47e1d7
 POOL_METRICS = ("available_liquidity", "borrowed")
 
+def read_recent_prices(store, assets: list, as_of, days: float, enough) -> pd.DataFrame:
+    """`store.read_prices(assets, as_of=as_of)` from `days` before `as_of` only, when that is `enough(frame)`;
+    otherwise (or without `as_of`) all history. Decisions need recent rows; reading all of them is the slow part."""
+    if as_of is not None:
+        recent = store.read_prices(assets, as_of=as_of, start=to_utc(as_of) - pd.Timedelta(days=days))
+        if enough(recent):
+            return recent
+    return store.read_prices(assets, as_of=as_of)
+
 def market_from_store(store, assets: list, as_of=None, lookback: int = 30) -> Market:
     """Market state at `as_of` from the store: last prices, ADV (mean daily `volume` in quote currency over
     `lookback` days), daily volatility (std of daily returns over `lookback` days), and lending pools from
     `market_metrics` (`available_liquidity`, `borrowed`, and optionally `curve_u<k>`/`curve_r<k>` points and
     `protocol_fee`)."""
-    # only the recent rows are needed: read a margin of 3 × lookback days before as_of, all history when that misses one
-    since = None if as_of is None else to_utc(as_of) - pd.Timedelta(days=3 * (lookback + 1))
-    prices = store.read_prices(assets, as_of=as_of, start=since)
-    if since is not None and (prices.empty or not set(assets) <= set(prices.columns) or prices.iloc[-1].isna().any()):
-        prices, since = store.read_prices(assets, as_of=as_of), None
+    prices = read_recent_prices(store, assets, as_of, 3 * (lookback + 1),  # a margin over the lookback
+                                lambda p: len(p) > 0 and set(assets) <= set(p.columns) and not p.iloc[-1].isna().any())
     if prices.empty or prices.dropna(how="all").empty:
         raise DataError(f"no prices stored for {assets} up to {as_of or 'now'}; import or collect them first")
     last = prices.ffill().iloc[-1]
@@ -288,7 +294,7 @@ def market_from_store(store, assets: list, as_of=None, lookback: int = 30) -> Ma
     if missing:
         raise DataError(f"no price stored for {missing} up to {as_of or 'now'}: unknown asset(s) for this store")
     recent = prices.iloc[-(lookback + 1):]
-    volume = store.read_prices(assets, as_of=as_of, start=since, field="volume").iloc[-lookback:]
+    volume = store.read_prices(assets, as_of=as_of, start=prices.index[0], field="volume").iloc[-lookback:]
     vol = recent.pct_change(fill_method=None).std()
     pools = {}
     metrics = store.read_market_metrics(assets, as_of=as_of)
@@ -343,10 +349,8 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
         store.write_alert(guard[0], guard[1], portfolio)
         return "held", None, store.write_reallocation(portfolio, when, "held", dict(extra or {}, reason=guard[1]))
     window = cfg.get("window", 180)
-    span = pd.Timedelta(days=2 * window * 366 / cfg.get("periods_per_year", 365) + 30)  # the window's periods, with a margin
-    prices = store.read_prices(assets, as_of=as_of, start=when - span)
-    if len(prices) <= window:
-        prices = store.read_prices(assets, as_of=as_of)
+    prices = read_recent_prices(store, assets, when, 2 * window * 366 / cfg.get("periods_per_year", 365) + 30,  # with a margin
+                                lambda p: len(p) > window)
     r = estimation_window(simple_returns(prices), window)
     alloc = target if target is not None else optimize(r, cfg.get("strategy", "min_variance"),
                                                        periods_per_year=cfg.get("periods_per_year", 365),
