@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +22,10 @@ from .clean import to_utc
 from .config import ConfigError, ConstraintError, DataError, OptimizationError
 
 # %% auto #0
-__all__ = ['RISK_MEASURES', 'MU_ESTIMATORS', 'COV_ESTIMATORS', 'STRATEGIES', 'SOLVERS', 'FALLBACKS', 'estimation_window',
-           'Constraints', 'Allocation', 'portfolio_stats', 'risk_value', 'risk_contributions',
-           'black_litterman_posterior', 'optimize', 'efficient_frontier', 'plot_frontier', 'plot_weights',
-           'plot_risk_contributions']
+__all__ = ['RISK_MEASURES', 'MU_ESTIMATORS', 'COV_ESTIMATORS', 'STRATEGIES', 'SOLVERS', 'SOLVER_LOG', 'SOLVER_PARAMS',
+           'FALLBACKS', 'estimation_window', 'Constraints', 'Allocation', 'portfolio_stats', 'risk_value',
+           'risk_contributions', 'black_litterman_posterior', 'solver_output', 'optimize', 'efficient_frontier',
+           'plot_frontier', 'plot_weights', 'plot_risk_contributions']
 
 # %% ../nbs/20_optimize.ipynb #8d5b3bf1
 RISK_MEASURES = {
@@ -370,11 +374,46 @@ def _check_weights(w, assets, long_short: bool = False) -> pd.Series | None:
         w = w.clip(lower=0.0)
     return w / w.sum()
 
+SOLVER_LOG = logging.getLogger("portopt.solvers")  # what solvers print goes here, never to stdout
+
+@contextlib.contextmanager
+def solver_output():
+    """Capture everything written to standard output while solvers run, Python's `print` and C/C++ libraries
+    writing to file descriptor 1 (HiGHS prints its banner when an instance is created, SCIP its log), and send it
+    to the `portopt.solvers` logger at DEBUG. Yields a list that receives the captured text on exit. Keeps `--json`
+    output and report cells clean. The descriptor is process-wide: do not print from other threads meanwhile."""
+    captured: list[str] = []
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
+    except (OSError, ValueError, io.UnsupportedOperation):  # a StringIO or a notebook stream: fd 1 is the real one
+        fd = 1
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as tmp, contextlib.redirect_stdout(io.StringIO()) as py:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield captured
+        finally:
+            try:
+                sys.__stdout__.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            text = (py.getvalue() + tmp.read().decode("utf-8", "replace")).strip()
+            captured.append(text)
+            if text:
+                SOLVER_LOG.debug("%s", text)
+
+SOLVER_PARAMS = {"HIGHS": {"output_flag": False}, "SCIP": {"scip_params": {"display/verblevel": 0}}}  # quiet by option too
+
 def _quiet(fn, *args, **kw):
-    "Call a riskfolio-lib function with its prints and warnings captured; returns (result, what it printed)."
-    with contextlib.redirect_stdout(io.StringIO()) as out, warnings.catch_warnings():
+    "Call a riskfolio-lib function with its prints (Python and C level) and warnings captured; returns (result, what it printed)."
+    with solver_output() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fn(*args, **kw), out.getvalue().strip()
+        result = fn(*args, **kw)
+    return result, out[0]
 
 def _portfolio(returns, alpha, mu_method, cov_method, mu_params, cov_params, constraints, mu=None, cov=None):
     import riskfolio as rp
@@ -418,6 +457,7 @@ def _solve(returns, spec, params, c, solver):
     port = _portfolio(returns, params["alpha"], params["mu_method"], params["cov_method"], params["mu_params"],
                       params["cov_params"], c, mu=params.get("mu"), cov=params.get("cov"))
     port.solvers = [solver]
+    port.sol_params = {k: v for k, v in SOLVER_PARAMS.items() if k == solver}
     if kind == "risk_parity":
         b = params.get("budgets")
         b = None if b is None else b.reindex(returns.columns).to_frame().to_numpy()
