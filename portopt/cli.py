@@ -363,20 +363,50 @@ def supabase_migrate(db_url: Annotated[Optional[str], typer.Option(envvar="SUPAB
 
 
 # %% ../nbs/90_cli.ipynb #ef40fd27
+# typer 0.29 parses with its own vendored copy of click (`typer._click`): its exceptions are not `click`'s, so
+# both families are caught here; catching only `click.ClickException` let every usage error escape as a traceback.
+try:
+    from typer._click import exceptions as _typer_click
+except ImportError:  # a typer that uses click itself
+    _typer_click = click.exceptions
+_USAGE = tuple({click.UsageError, _typer_click.UsageError})
+_CLICK = tuple({click.ClickException, _typer_click.ClickException})
+_ABORT = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
+_EXIT = tuple({click.exceptions.Exit, getattr(typer, "Exit", click.exceptions.Exit)})
+_NO_ARGS = tuple(c for c in (getattr(click.exceptions, "NoArgsIsHelpError", None), getattr(_typer_click, "NoArgsIsHelpError", None)) if c)
+
+def _usage_error(e) -> int:
+    "One `error:` line naming what is wrong, then the usage hint; exit status 2."
+    ctx = getattr(e, "ctx", None)
+    typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+    if ctx is not None:
+        typer.echo(f"{ctx.get_usage()}\nTry '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
+    else:
+        typer.echo("Try 'portopt --help' for help.", err=True)
+    return 2
+
 def main(argv: list[str] | None = None) -> int:
-    "Run the `portopt` command; a `PortoptError` becomes one `error:` line and exit status 1."
+    """Run the `portopt` command. A `PortoptError` becomes one `error:` line and exit status 1; a usage error
+    (unknown option, missing argument, a value of the wrong type) one `error:` line, the usage hint and status 2."""
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="portopt", standalone_mode=False)
     except PortoptError as e:
         typer.echo(f"error: {' '.join(str(e).split())}", err=True)
         return 1
-    except click.ClickException as e:
-        e.show()
+    except _NO_ARGS as e:  # `portopt` or a group alone: its help, as asked for by no_args_is_help
+        typer.echo(e.ctx.get_help() if getattr(e, "ctx", None) else str(e))
+        return 0
+    except _USAGE as e:
+        return _usage_error(e)
+    except _CLICK as e:
+        typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
         return e.exit_code
-    except click.exceptions.Abort:
+    except _ABORT:
         typer.echo("aborted", err=True)
         return 130
+    except _EXIT as e:
+        return e.exit_code
     return rv if isinstance(rv, int) else 0
 
 # %% ../nbs/90_cli.ipynb #5a733cbf
