@@ -134,8 +134,12 @@ def run(assets: AssetsOpt = None,
 def import_(path: Annotated[Path, typer.Argument(help="CSV or Parquet file: CoinGecko export, long OHLCV or wide.")],
             asset: Annotated[Optional[str], typer.Option(help="Asset name of a CoinGecko file (default: from the file name).")] = None,
             source: Annotated[Optional[str], typer.Option(help="Source name in the store (default: file:<name>).")] = None,
-            store: StoreOpt = None):
+            store: StoreOpt = None,
+            allow_dates: Annotated[bool, typer.Option("--allow-dates", help="Accept timestamps outside the years 1900–2200 (refused by default as typos).")] = False):
     "Validate a price file and load it into the store in one transaction (re-importing changes nothing)."
+    if allow_dates:
+        import os
+        os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
     frame, layout = read_price_file(path, asset)
     source = source or f"file:{path.name}"
     with open_store(store) as st:
