@@ -29,6 +29,43 @@ __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyO
            'collect_market_', 'collect_solana_', 'listen', 'schedule', 'supabase_up', 'supabase_env', 'supabase_down',
            'supabase_migrate', 'main', 'sweep_']
 
+# %% ../nbs/90_cli.ipynb #8ed55e42
+from .config import UsageError, name_list, nonnegative, one_line, parse_date, positive, positive_int
+
+def _checked(fn, name: str):
+    "A typer callback: `fn(value, name)` (a validator of `portopt.config`) raises `UsageError` for a bad value; the value is kept."
+    def callback(value):
+        if value is not None:
+            fn(value, name)
+        return value
+    return callback
+
+def _one_of(table, name: str, many: bool = False):
+    "A typer callback: the value (or each comma-separated value, with `many`) is a name, or a code, of `table`."
+    def callback(value):
+        if value is None:
+            return value
+        known = list(table) + (list(table.values()) if isinstance(table, dict) and all(isinstance(v, str) for v in table.values()) else [])
+        for v in (name_list(value, name) if many else [str(value).strip()]):
+            if v not in known:
+                raise UsageError(f"{name} {v!r}: choose one of {', '.join(table)}")
+        return value
+    return callback
+
+def _numbers_each(fn, name: str, names=()):
+    "A typer callback for a comma-separated list of numbers (or `names`), each checked with `fn`."
+    def callback(value):
+        if value is not None:
+            for v in name_list(value, name):
+                if v not in names:
+                    fn(v, name)
+        return value
+    return callback
+
+def _periods(name: str):
+    "A typer callback for a rebalance period: a whole number ≥ 1, or weekly / monthly."
+    return _numbers_each(positive_int, name, names=("weekly", "monthly"))
+
 # %% ../nbs/90_cli.ipynb #a995731d
 app = typer.Typer(help="portopt: collect, clean, store, optimize and backtest portfolios; reports as notebooks.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -36,10 +73,10 @@ app = typer.Typer(help="portopt: collect, clean, store, optimize and backtest po
 StoreOpt = Annotated[Optional[Path], typer.Option(help="SQLite store file (default: $PORTOPT_STORE or data/portopt.sqlite).")]
 DatasetOpt = Annotated[Optional[str], typer.Option(help=f"A bundled dataset: {', '.join(DATASETS)}.")]
 PricesOpt = Annotated[Optional[Path], typer.Option("--prices", help="Your price file (CoinGecko, long OHLCV or wide; CSV or Parquet).")]
-AssetsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated assets to use (default: all in the data).")]
-StrategyOpt = Annotated[str, typer.Option(help=f"One of: {', '.join(STRATEGIES)}.")]
-AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", help="Use only data stamped at or before this UTC date.")]
-PPYOpt = Annotated[int, typer.Option(help="Periods per year for annualizing: 365 for crypto, 252 for equities.")]
+AssetsOpt = Annotated[Optional[str], typer.Option(callback=_checked(name_list, "--assets"), help="Comma-separated assets to use (default: all in the data).")]
+StrategyOpt = Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategy"), help=f"One of: {', '.join(STRATEGIES)}.")]
+AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", callback=_checked(parse_date, "--as-of"), help="Use only data stamped at or before this UTC date.")]
+PPYOpt = Annotated[int, typer.Option(callback=_checked(positive, "--periods-per-year"), help="Periods per year for annualizing: 365 for crypto, 252 for equities.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 def _split(s: str | None) -> list[str] | None:
@@ -73,12 +110,12 @@ def _echo_table(frame: pd.DataFrame) -> None:
 # %% ../nbs/90_cli.ipynb #e3f170c1
 @app.command()
 def run(assets: AssetsOpt = None,
-        strategies: Annotated[Optional[str], typer.Option(help="Comma-separated strategies (default: the report's).")] = None,
-        window: Annotated[Optional[int], typer.Option(help="Periods per estimation window.")] = None,
-        rebalance_every: Annotated[Optional[int], typer.Option(help="Periods between rebalances.")] = None,
-        start: Annotated[Optional[str], typer.Option(help="First date of the backtest.")] = None,
+        strategies: Annotated[Optional[str], typer.Option(callback=_one_of(STRATEGIES, "--strategies", many=True), help="Comma-separated strategies (default: the report's).")] = None,
+        window: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--window"), help="Periods per estimation window.")] = None,
+        rebalance_every: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--rebalance-every"), help="Periods between rebalances.")] = None,
+        start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date of the backtest.")] = None,
         as_of: AsOfOpt = None,
-        fee_bps: Annotated[Optional[float], typer.Option(help="Cost per unit of turnover, basis points.")] = None,
+        fee_bps: Annotated[Optional[float], typer.Option(callback=_checked(nonnegative, "--fee-bps"), help="Cost per unit of turnover, basis points.")] = None,
         report: Annotated[str, typer.Option(help="Report notebook in reports/ to run.")] = "portfolio",
         store: StoreOpt = None):
     "The main job: load the bundled data if absent, run the report notebook, print the metrics and the report's paths."
@@ -97,8 +134,12 @@ def run(assets: AssetsOpt = None,
 def import_(path: Annotated[Path, typer.Argument(help="CSV or Parquet file: CoinGecko export, long OHLCV or wide.")],
             asset: Annotated[Optional[str], typer.Option(help="Asset name of a CoinGecko file (default: from the file name).")] = None,
             source: Annotated[Optional[str], typer.Option(help="Source name in the store (default: file:<name>).")] = None,
-            store: StoreOpt = None):
+            store: StoreOpt = None,
+            allow_dates: Annotated[bool, typer.Option("--allow-dates", help="Accept timestamps outside the years 1900–2200 (refused by default as typos).")] = False):
     "Validate a price file and load it into the store in one transaction (re-importing changes nothing)."
+    if allow_dates:
+        import os
+        os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
     frame, layout = read_price_file(path, asset)
     source = source or f"file:{path.name}"
     with open_store(store) as st:
@@ -110,13 +151,13 @@ def import_(path: Annotated[Path, typer.Argument(help="CSV or Parquet file: Coin
 @app.command("optimize")
 def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, strategy: StrategyOpt = "max_sharpe",
               assets: AssetsOpt = None,
-              window: Annotated[Optional[int], typer.Option(help="Periods of returns (default: the longest span all assets share).")] = None,
+              window: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--window"), help="Periods of returns (default: the longest span all assets share).")] = None,
               as_of: AsOfOpt = None, periods_per_year: PPYOpt = 365,
-              risk_measure: Annotated[Optional[str], typer.Option(help=f"For min_risk, max_ratio, utility, risk_parity, hrp/herc/nco: {', '.join(RISK_MEASURES)}.")] = None,
-              mu: Annotated[str, typer.Option(help=f"Expected-return estimator: {', '.join(MU_ESTIMATORS)}.")] = "historical",
-              cov: Annotated[str, typer.Option(help=f"Covariance estimator: {', '.join(COV_ESTIMATORS)}.")] = "sample",
-              risk_aversion: Annotated[float, typer.Option(help="λ of the utility strategy.")] = 2.0,
-              fraction: Annotated[float, typer.Option(help="Kelly fraction: 1 (full), 0.5 (half), 0.25 (quarter).")] = 1.0,
+              risk_measure: Annotated[Optional[str], typer.Option(callback=_one_of(RISK_MEASURES, "--risk-measure"), help=f"For min_risk, max_ratio, utility, risk_parity, hrp/herc/nco: {', '.join(RISK_MEASURES)}.")] = None,
+              mu: Annotated[str, typer.Option(callback=_one_of(MU_ESTIMATORS, "--mu"), help=f"Expected-return estimator: {', '.join(MU_ESTIMATORS)}.")] = "historical",
+              cov: Annotated[str, typer.Option(callback=_one_of(COV_ESTIMATORS, "--cov"), help=f"Covariance estimator: {', '.join(COV_ESTIMATORS)}.")] = "sample",
+              risk_aversion: Annotated[float, typer.Option(callback=_checked(nonnegative, "--risk-aversion"), help="λ of the utility strategy.")] = 2.0,
+              fraction: Annotated[float, typer.Option(callback=_checked(positive, "--fraction"), help="Kelly fraction: 1 (full), 0.5 (half), 0.25 (quarter).")] = 1.0,
               constraints: Annotated[Optional[Path], typer.Option(help="YAML file of constraints (bounds, groups, max_weight, max_assets, ...).")] = None,
               json_: JsonOpt = False):
     "Weights of a strategy on the latest window of returns."
@@ -134,23 +175,23 @@ def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, strategy: St
 
 @app.command("backtest")
 def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None,
-              strategy: Annotated[str, typer.Option(help=f"Strategy, or comma-separated strategies: {', '.join(STRATEGIES)}.")] = "max_sharpe",
+              strategy: Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategy", many=True), help=f"Strategy, or comma-separated strategies: {', '.join(STRATEGIES)}.")] = "max_sharpe",
               assets: AssetsOpt = None,
-              window: Annotated[int, typer.Option(help="Periods of returns per optimization (the minimum with --expanding).")] = 180,
+              window: Annotated[int, typer.Option(callback=_checked(positive_int, "--window"), help="Periods of returns per optimization (the minimum with --expanding).")] = 180,
               expanding: Annotated[bool, typer.Option(help="Estimate on all history before each rebalance, not a rolling window.")] = False,
-              rebalance_every: Annotated[str, typer.Option(help="Periods between rebalances, or 'weekly' / 'monthly' (first period of each).")] = "30",
-              band: Annotated[Optional[float], typer.Option(help="Drift band (fraction of weight, e.g. 0.05): trade only when a weight is further than this from its target.")] = None,
-              fee_bps: Annotated[float, typer.Option(help="Fee per traded value, basis points.")] = 10.0,
-              slippage_bps: Annotated[float, typer.Option(help="Slippage per traded value, basis points.")] = 0.0,
-              impact_coefficient: Annotated[float, typer.Option(help="Square-root market impact (Y; 0: none), with --dataset volumes.")] = 0.0,
-              capital: Annotated[float, typer.Option(help="Starting portfolio value, quote currency (NAV and market impact).")] = 1e6,
-              start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
+              rebalance_every: Annotated[str, typer.Option(callback=_periods("--rebalance-every"), help="Periods between rebalances, or 'weekly' / 'monthly' (first period of each).")] = "30",
+              band: Annotated[Optional[float], typer.Option(callback=_checked(nonnegative, "--band"), help="Drift band (fraction of weight, e.g. 0.05): trade only when a weight is further than this from its target.")] = None,
+              fee_bps: Annotated[float, typer.Option(callback=_checked(nonnegative, "--fee-bps"), help="Fee per traded value, basis points.")] = 10.0,
+              slippage_bps: Annotated[float, typer.Option(callback=_checked(nonnegative, "--slippage-bps"), help="Slippage per traded value, basis points.")] = 0.0,
+              impact_coefficient: Annotated[float, typer.Option(callback=_checked(nonnegative, "--impact-coefficient"), help="Square-root market impact (Y; 0: none), with --dataset volumes.")] = 0.0,
+              capital: Annotated[float, typer.Option(callback=_checked(positive, "--capital"), help="Starting portfolio value, quote currency (NAV and market impact).")] = 1e6,
+              start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date to trade (default: after the first full window).")] = None,
               cash: Annotated[Optional[str], typer.Option(help="Cash asset: a column such as USDC, or a name for cash that earns 0; never optimized.")] = None,
-              max_weight: Annotated[Optional[float], typer.Option(help="Position cap per asset (fraction); the excess goes to the others, then cash.")] = None,
-              drawdown_limit: Annotated[Optional[float], typer.Option(help="Circuit breaker: all to cash beyond this drawdown (fraction); re-enter at a rebalance after --cooldown periods.")] = None,
-              cooldown: Annotated[int, typer.Option(help="Periods in cash before the circuit breaker may re-enter.")] = 30,
-              on_failure: Annotated[str, typer.Option(help="A failed optimization: 'hold' the current weights, fall back to 'equal_weight', or 'raise'.")] = "hold",
-              risk_measure: Annotated[Optional[str], typer.Option(help=f"Risk measure for the strategies that take one: {', '.join(RISK_MEASURES)}.")] = None,
+              max_weight: Annotated[Optional[float], typer.Option(callback=_checked(positive, "--max-weight"), help="Position cap per asset (fraction); the excess goes to the others, then cash.")] = None,
+              drawdown_limit: Annotated[Optional[float], typer.Option(callback=_checked(positive, "--drawdown-limit"), help="Circuit breaker: all to cash beyond this drawdown (fraction); re-enter at a rebalance after --cooldown periods.")] = None,
+              cooldown: Annotated[int, typer.Option(callback=_checked(nonnegative, "--cooldown"), help="Periods in cash before the circuit breaker may re-enter.")] = 30,
+              on_failure: Annotated[str, typer.Option(callback=_one_of(("hold", "equal_weight", "raise"), "--on-failure"), help="A failed optimization: 'hold' the current weights, fall back to 'equal_weight', or 'raise'.")] = "hold",
+              risk_measure: Annotated[Optional[str], typer.Option(callback=_one_of(RISK_MEASURES, "--risk-measure"), help=f"Risk measure for the strategies that take one: {', '.join(RISK_MEASURES)}.")] = None,
               benchmarks: Annotated[str, typer.Option(help="Comma-separated benchmarks: equal_weight, buy_and_hold, market_cap (with --dataset), asset:<name>; 'none' for none.")] = "equal_weight",
               as_of: AsOfOpt = None, periods_per_year: PPYOpt = 365, store: StoreOpt = None,
               save: Annotated[bool, typer.Option(help="Record every result in the store's backtests: the trial registry that deflates the Sharpe ratio.")] = True,
@@ -378,7 +419,7 @@ _NO_ARGS = tuple(c for c in (getattr(click.exceptions, "NoArgsIsHelpError", None
 def _usage_error(e) -> int:
     "One `error:` line naming what is wrong, then the usage hint; exit status 2."
     ctx = getattr(e, "ctx", None)
-    typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+    typer.echo(f"error: {one_line(e.format_message())}", err=True)
     if ctx is not None:
         typer.echo(f"{ctx.get_usage()}\nTry '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
     else:
@@ -392,15 +433,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=argv, prog_name="portopt", standalone_mode=False)
     except PortoptError as e:
-        typer.echo(f"error: {' '.join(str(e).split())}", err=True)
-        return 1
+        typer.echo(f"error: {one_line(e)}", err=True)   # redacted, one line, at most PORTOPT limits' max_error characters
+        return getattr(e, "exit_code", 1)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted (Ctrl-C); every write is one transaction, so the store holds nothing of this command", err=True)
+        return 130
     except _NO_ARGS as e:  # `portopt` or a group alone: its help, as asked for by no_args_is_help
         typer.echo(e.ctx.get_help() if getattr(e, "ctx", None) else str(e))
         return 0
     except _USAGE as e:
         return _usage_error(e)
     except _CLICK as e:
-        typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        typer.echo(f"error: {one_line(e.format_message())}", err=True)
         return e.exit_code
     except _ABORT:
         typer.echo("aborted", err=True)
@@ -424,15 +468,15 @@ def _numbers(option: str, text: str | None, kind=int, names=()) -> list | None:
 
 @app.command("sweep")
 def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, assets: AssetsOpt = None,
-           strategies: Annotated[str, typer.Option(help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
-           window: Annotated[str, typer.Option(help="Comma-separated estimation windows, periods of returns.")] = "180",
-           rebalance_every: Annotated[str, typer.Option(help="Comma-separated periods between rebalances, or weekly, monthly.")] = "30",
-           fee_bps: Annotated[str, typer.Option(help="Comma-separated costs per unit of turnover, basis points.")] = "10",
-           risk_measure: Annotated[Optional[str], typer.Option(help=f"Comma-separated risk measures (names or riskfolio-lib codes such as MV, CVaR): {', '.join(RISK_MEASURES)}.")] = None,
-           start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
+           strategies: Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategies", many=True), help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
+           window: Annotated[str, typer.Option(callback=_numbers_each(positive_int, "--window"), help="Comma-separated estimation windows, periods of returns.")] = "180",
+           rebalance_every: Annotated[str, typer.Option(callback=_periods("--rebalance-every"), help="Comma-separated periods between rebalances, or weekly, monthly.")] = "30",
+           fee_bps: Annotated[str, typer.Option(callback=_numbers_each(nonnegative, "--fee-bps"), help="Comma-separated costs per unit of turnover, basis points.")] = "10",
+           risk_measure: Annotated[Optional[str], typer.Option(callback=_one_of(RISK_MEASURES, "--risk-measure", many=True), help=f"Comma-separated risk measures (names or riskfolio-lib codes such as MV, CVaR): {', '.join(RISK_MEASURES)}.")] = None,
+           start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date to trade (default: after the first full window).")] = None,
            as_of: AsOfOpt = None, periods_per_year: PPYOpt = 365,
            scheduler: Annotated[Optional[str], typer.Option(help="Address of a Dask scheduler (tcp://host:8786) whose workers have portopt; default: a local cluster on this machine's cores.")] = None,
-           workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes of the local cluster (default: one per core, at most one per backtest to run).")] = None,
+           workers: Annotated[Optional[int], typer.Option("--workers", callback=_checked(positive_int, "--workers"), help="Worker processes of the local cluster (default: one per core, at most one per backtest to run).")] = None,
            store: StoreOpt = None, json_: JsonOpt = False):
     """Walk-forward backtests of every combination of the values given, in parallel on Dask, cached in the store.
 
