@@ -360,7 +360,7 @@ def infer_frequency(index) -> Frequency:
     if len(off):
         raise DataError(f"irregular spacing: most bars are {_duration(bar)} apart but {len(off)} are not a whole number of bars, "
                         f"first {_gaps(idx, off)}; {fix}")
-    weekend = np.isin(idx.dayofweek, (5, 6))
+    weekend = np.isin(idx.day_of_week, (5, 6))
     span_days = (idx[-1] - idx[0]) / _DAY
     bars = None  # bars each spacing spans (1 = the next bar, 3 = two missing)
     if bar < _DAY:
@@ -372,7 +372,7 @@ def infer_frequency(index) -> Frequency:
                             f"a year as the sessions have bars; pass periods_per_year (e.g. 252 × bars a session)")
         freq = Frequency(bar, 365 * per_day, _bar_label(bar))
     elif bar == _DAY:
-        crosses_weekend = span_days >= 6 or idx[0].dayofweek > idx[-1].dayofweek
+        crosses_weekend = span_days >= 6 or idx[0].day_of_week > idx[-1].day_of_week
         if not weekend.any() and crosses_weekend:
             d = idx.tz_convert(None).normalize().values.astype("datetime64[D]")
             bars = np.busday_count(d[:-1], d[1:])  # weekdays from one bar up to the next: 1 unless one is missing

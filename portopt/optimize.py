@@ -24,8 +24,9 @@ from .config import ConfigError, ConstraintError, DataError, OptimizationError
 # %% auto #0
 __all__ = ['RISK_MEASURES', 'MU_ESTIMATORS', 'COV_ESTIMATORS', 'STRATEGIES', 'SOLVERS', 'SOLVER_LOG', 'SOLVER_PARAMS',
            'FALLBACKS', 'missing_reasons', 'estimation_window', 'ConstraintsModel', 'Constraints', 'Allocation',
-           'portfolio_stats', 'risk_value', 'risk_contributions', 'black_litterman_posterior', 'solver_output',
-           'optimize', 'efficient_frontier', 'plot_frontier', 'plot_weights', 'plot_risk_contributions']
+           'portfolio_stats', 'risk_value', 'risk_contributions', 'black_litterman_posterior', 'View', 'load_views',
+           'solver_output', 'optimize', 'efficient_frontier', 'plot_frontier', 'plot_weights',
+           'plot_risk_contributions']
 
 # %% ../nbs/20_optimize.ipynb #8d5b3bf1
 RISK_MEASURES = {
@@ -467,6 +468,52 @@ def black_litterman_posterior(returns: pd.DataFrame, views: list[dict], *, perio
     mu = pi + ts @ P.T @ middle @ (Q - P @ pi)
     post_cov = sigma + ts - ts @ P.T @ middle @ P @ ts
     return pd.Series(mu, index=assets), pd.DataFrame(post_cov, index=assets, columns=assets)
+
+# %% ../nbs/20_optimize.ipynb #e5b7c9d1
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+class View(BaseModel):
+    """One Black-Litterman view: on an `asset` (absolute) or on `long` minus `short` (relative); `return` an annual
+    fraction (0.30 = +30 % a year), `confidence` in (0, 1]."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    asset: str | None = None
+    long: str | None = None
+    short: str | None = None
+    return_: float = Field(alias="return", allow_inf_nan=False)
+    confidence: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.asset is None) == (self.long is None and self.short is None) or (self.long is None) != (self.short is None):
+            raise ValueError("give either asset, or long and short (a pair)")
+        return self
+
+    def as_dict(self) -> dict:
+        d = {"asset": self.asset} if self.asset else {"long": self.long, "short": self.short}
+        return dict(d, **{"return": self.return_, "confidence": self.confidence})
+
+def load_views(path) -> list[dict]:
+    """Black-Litterman views from a YAML file: a list (or a `views:` list) of `{asset, return, confidence}` or
+    `{long, short, return, confidence}`. Returns the dicts `optimize(..., views=)` takes. Raises `ConfigError`
+    naming the file, the view and the field for anything else."""
+    import yaml
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the views ({' '.join(str(e).split())[:200]})") from e
+    raw = raw.get("views") if isinstance(raw, dict) else raw
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{path}: expected a list of views, e.g. '- {{asset: SOL, return: 0.3, confidence: 0.6}}'")
+    out = []
+    for i, v in enumerate(raw, 1):
+        try:
+            out.append(View.model_validate(v).as_dict())
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "view"
+            raise ConfigError(f"{path}: view {i}: {where}: {err['msg']}") from None
+    return out
 
 # %% ../nbs/20_optimize.ipynb #23ce7c34
 def _check_weights(w, assets, long_short: bool = False) -> pd.Series | None:
