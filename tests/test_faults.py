@@ -273,7 +273,7 @@ def test_the_webhook_reaches_the_rebalance_notebook_by_environment_only(tmp_path
     assert "Traceback" not in proc.stderr
     con = sqlite3.connect(store_path)
     runs = con.execute("SELECT job, parameters, status, output_path FROM runs WHERE job = 'rebalance'").fetchall()
-    assert runs and all("webhook" not in p for _, p, _, _ in runs), runs
+    assert runs and all("webhook" not in json.loads(p) for _, p, _, _ in runs), runs
     folders = [Path(o) for *_, o in runs if o]
     assert folders and all(stat.S_IMODE(f.stat().st_mode) == 0o700 for f in folders)
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for f in folders for p in f.rglob("*") if p.is_file())
