@@ -575,11 +575,19 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK as e:
         typer.echo(f"error: {one_line(e.format_message())}", err=True)
         return e.exit_code
-    except _ABORT:
-        typer.echo("aborted", err=True)
+    except _ABORT:   # Ctrl-C, as click (or typer's vendored click) reports it
+        typer.echo("error: interrupted (Ctrl-C); every write is one transaction, so the store holds nothing of this command", err=True)
         return 130
     except _EXIT as e:
         return e.exit_code
+    except Exception as e:   # never a traceback: one line (PORTOPT_DEBUG=1 shows the traceback)
+        import os
+        if os.environ.get("PORTOPT_DEBUG"):
+            raise
+        typer.echo(f"error: {one_line(f'{type(e).__name__}: {e}', 240)} (unexpected: please report it; PORTOPT_DEBUG=1 shows where)", err=True)
+        return 1
+    if rv == 130:   # typer turns Ctrl-C into Exit(130), silently
+        typer.echo("error: interrupted (Ctrl-C); every write is one transaction, so the store holds nothing of this command", err=True)
     return rv if isinstance(rv, int) else 0
 
 # %% ../nbs/90_cli.ipynb #5a733cbf

@@ -145,7 +145,7 @@ def get_limits(env: dict | None = None) -> Limits:
 
 def one_line(message, limit: int | None = None) -> str:
     "`message` redacted, on one line (whitespace runs become one space), at most `limit` characters (default `max_error`)."
-    limit = limit or get_limits().max_error
+    limit = limit or Limits.max_error   # not get_limits(): a bad limit in the environment must still print its error
     text = " ".join(redact(message).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

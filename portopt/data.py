@@ -211,7 +211,7 @@ def check_fields(frame: pd.DataFrame, where: str) -> None:
     if long_names:
         raise DataError(f"{where}: a column name of {len(str(long_names[0])):,} characters (limit {limit:,}, PORTOPT_MAX_FIELD)")
     for c in frame.columns:
-        if frame[c].dtype == object:
+        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype):
             n = frame[c].astype(str).str.len()
             if len(n) and n.max() > limit:
                 raise DataError(f"{where}: a field of {int(n.max()):,} characters in column {str(c)[:40]!r}, row {int(n.values.argmax()) + 1} "

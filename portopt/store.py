@@ -323,7 +323,7 @@ def _holders(path: Path) -> list[int]:
 def _locked(store) -> StoreError:
     "The error for a write lock held by another process past the busy timeout (`PORTOPT_LOCK_TIMEOUT`)."
     pids = _holders(Path(store.path).resolve())
-    who = f" (pid {', '.join(map(str, pids))})" if pids else ""
+    who = f" (the store is open in pid {', '.join(map(str, pids))})" if pids else ""
     return StoreError(f"store {store.path} is locked by another process{who}; try again "
                       f"(waited {store.timeout:g} s; PORTOPT_LOCK_TIMEOUT sets the wait)")
 

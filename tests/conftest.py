@@ -24,8 +24,8 @@ def store_path(tmp_path):
 @pytest.fixture
 def cli(tmp_path, store_path):
     "Run the installed `portopt` command against a temporary store; returns the CompletedProcess."
-    def run(*args, check=True, timeout=900):
-        env = dict(os.environ, PORTOPT_STORE=str(store_path), PORTOPT_RUNS=str(tmp_path / "runs"))
+    def run(*args, check=True, timeout=900, env=None):
+        env = dict(os.environ, PORTOPT_STORE=str(store_path), PORTOPT_RUNS=str(tmp_path / "runs"), **(env or {}))
         proc = subprocess.run([str(PORTOPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"portopt {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
