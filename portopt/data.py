@@ -331,7 +331,7 @@ def _long_from(frame: pd.DataFrame, layout: str, path: Path, asset: str | None, 
         values = frame.drop(columns=[time_col])
         cols = []
         for c in values.columns:
-            num = pd.to_numeric(values[c], errors="coerce") if values[c].dtype == object else values[c].astype(float)
+            num = values[c].astype(float) if pd.api.types.is_numeric_dtype(values[c]) else pd.to_numeric(values[c], errors="coerce")
             bad = num.isna() & values[c].notna() & (values[c].astype(str).str.strip() != "")
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -385,7 +385,9 @@ def _check_rows(long: pd.DataFrame, where: str, allow_jumps: bool, notes: list) 
         if col not in long:
             continue
         raw = long[col]
-        num = pd.to_numeric(raw, errors="coerce") if raw.dtype == object else raw.astype(float)
+        if not isinstance(raw, pd.Series):
+            raw = pd.Series(raw)
+        num = raw.astype(float) if pd.api.types.is_numeric_dtype(raw) else pd.to_numeric(raw, errors="coerce")
         bad = num.isna() & raw.notna()
         if bad.any():
             bad &= raw.astype(str).str.strip() != ""
@@ -402,6 +404,10 @@ def _check_rows(long: pd.DataFrame, where: str, allow_jumps: bool, notes: list) 
                                  f"{long['timestamp'].iloc[i].isoformat()} is {v[i]:g}, " +
                                  ("not a finite number" if np.isinf(v[i]) else f"beyond the plausible {MAX_PRICE:g}") +
                                  "; fix or delete the row")
+        if col in ("open", "high", "low", "close") and (v <= 0).any():
+            i = int(np.flatnonzero(v <= 0)[0])
+            raise _refuse(where, f"row {long['_row'].iloc[i]}: non-positive {col} price {v[i]:g} for {long['asset'].iloc[i]} at "
+                                 f"{long['timestamp'].iloc[i].isoformat()}; prices must be > 0: fix or delete the row")
         long[col] = v
     if long["close"].isna().any():
         i = int(np.flatnonzero(long["close"].isna().to_numpy())[0])
