@@ -329,20 +329,9 @@ def _counted_upsert(conn: sqlite3.Connection, sql: str, rows: list, table: str, 
     inserted = conn.execute(count, (value,)).fetchone()[0] - before
     return WriteResult(inserted, changed - inserted, len(rows) - changed)
 
-_PRICE_UPSERT = """
-INSERT INTO prices (asset, ts, source, open, high, low, close, volume, market_cap, recorded_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (asset, ts, source) DO UPDATE SET
-    open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
-    volume = excluded.volume, market_cap = excluded.market_cap, recorded_at = excluded.recorded_at
-WHERE prices.open IS NOT excluded.open OR prices.high IS NOT excluded.high OR prices.low IS NOT excluded.low
-   OR prices.close IS NOT excluded.close OR prices.volume IS NOT excluded.volume
-   OR prices.market_cap IS NOT excluded.market_cap
-"""
-
 # Bulk price writes: many rows per statement (`INSERT ... SELECT ... FROM (VALUES ...)`), the source and the
 # recording time bound once per statement, parameters built column-wise with NumPy. Python's per-row
-# `executemany` overhead was most of an import's time (68,000 rows/s against 300,000+ this way).
+# `executemany` cost about twice as much per row as this, on the same SQLite work (bench/import.py measures it).
 _PRICE_ROWS_PER_STATEMENT = 4000  # × 8 parameters, under SQLite's limit of 32,766
 _PRICE_BATCH = 200_000            # rows converted to Python objects at a time (bounds the memory of a large import)
 
