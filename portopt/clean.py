@@ -107,7 +107,9 @@ def validate_long(frame: pd.DataFrame, where: str = "data") -> pd.DataFrame:
     for col in ("open", "high", "low", "close", "volume", "market_cap"):
         raw = out[col]
         num = pd.to_numeric(raw, errors="coerce")
-        bad = num.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+        bad = num.isna() & raw.notna()
+        if bad.any():  # only the cells that did not parse are looked at as text (a blank is a missing value)
+            bad &= raw.astype(str).str.strip() != ""
         if bad.any():
             raise DataError(f"{where}: non-numeric {col} {raw[bad].iloc[0]!r} for {_first_bad(out, bad)}; "
                             "write plain numbers (a dot for decimals, no thousands separators or currency signs)")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from .store import open_store
 # %% auto #0
 __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt', 'SourceOpt',
            'MissingOpt', 'ViewsOpt', 'MaxFillOpt', 'collect_app', 'ConfigFileOpt', 'supabase_app', 'Loaded', 'run',
-           'import_', 'optimize_', 'backtest_', 'reallocate_', 'collect_market_', 'collect_solana_', 'listen',
+           'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'collect_market_', 'collect_solana_', 'listen',
            'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate', 'main', 'sweep_']
 
 # %% ../nbs/90_cli.ipynb #8ed55e42
@@ -240,24 +241,6 @@ def run(assets: AssetsOpt = None,
         _echo_table(table[cols].astype(float).round(4))
     typer.echo(f"\nreport:   {done.html}\nnotebook: {done.notebook}\nrun id:   {done.run_id}")
 
-@app.command("import")
-def import_(path: Annotated[Path, typer.Argument(help="CSV or Parquet file: CoinGecko export, long OHLCV or wide.")],
-            asset: Annotated[Optional[str], typer.Option(help="Asset name of a CoinGecko file (default: from the file name).")] = None,
-            source: Annotated[Optional[str], typer.Option(help="Source name in the store (default: file:<name>).")] = None,
-            store: StoreOpt = None,
-            allow_dates: Annotated[bool, typer.Option("--allow-dates", help="Accept timestamps outside the years 1900–2200 (refused by default as typos).")] = False):
-    "Validate a price file and load it into the store in one transaction (re-importing changes nothing)."
-    if allow_dates:
-        import os
-        os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
-    frame, layout = read_price_file(path, asset)
-    source = source or f"file:{path.name}"
-    with open_store(store) as st:
-        res = st.write_prices(frame, source)
-        typer.echo(f"{path}: {layout} layout, {len(frame)} prices of {frame['asset'].nunique()} asset(s) "
-                   f"({frame['timestamp'].min():%Y-%m-%d} to {frame['timestamp'].max():%Y-%m-%d}); "
-                   f"{res.inserted} new, {res.updated} updated, {res.unchanged} unchanged; source {source!r} in {st.path}")
-
 @app.command("optimize")
 def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceOpt = None, strategy: StrategyOpt = "max_sharpe",
               assets: AssetsOpt = None,
@@ -369,6 +352,55 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
     for k, ex in excluded.items():
         if ex:
             typer.echo(f"excluded in {k}: " + "; ".join(f"{a} {w}" for a, w in ex.items()))
+
+# %% ../nbs/90_cli.ipynb #3b41483d
+from .data import LAYOUTS, frequency_label, import_files
+
+@app.command("import")
+def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, CSV.gz or Parquet) or globs such as 'klines/*.csv'.")],
+            asset: Annotated[Optional[str], typer.Option(help="Asset of a one-asset file (default: from a pair in the file name, e.g. SOLUSDT.csv → SOL).")] = None,
+            source: Annotated[Optional[str], typer.Option(help="Source name stored with every price (default: the format's name, e.g. binance, bybit, ccxt, yahoo, coingecko; file:<name> for a generic layout).")] = None,
+            allow_jumps: Annotated[bool, typer.Option("--allow-jumps", help="Accept a close more than ×1000 (or under ÷1000) the previous one.")] = False,
+            allow_dates: Annotated[bool, typer.Option("--allow-dates", help="Accept timestamps outside the years 1900–2200 (refused by default as typos).")] = False,
+            store: StoreOpt = None):
+    """Validate price files of the known layouts and load them all into the store in one transaction (re-importing
+    changes nothing). Layouts: """ + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
+    if allow_dates:
+        os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
+    files, batches, notes = import_files(paths, asset, source, allow_jumps)
+    with open_store(store) as st:
+        results = st.write_prices_many([(frame, src) for src, frame in batches.items()])
+        where = getattr(st, "path", None) or getattr(st, "url", "the store")
+    for f in files:
+        fr = f.frame
+        typer.echo(f"{f.path}: {f.layout} layout, {len(fr)} prices of {fr['asset'].nunique()} asset(s) "
+                   f"({', '.join(sorted(fr['asset'].unique())[:8])}{', ...' if fr['asset'].nunique() > 8 else ''}; "
+                   f"{fr['timestamp'].min():%Y-%m-%d} to {fr['timestamp'].max():%Y-%m-%d}); source {source or f.source!r}")
+        for note in f.notes:
+            typer.echo(f"  note: {note}")
+    for note in notes:
+        typer.echo(f"note: {note}")
+    for src, res in zip(batches, results):
+        typer.echo(f"source {src!r}: {res.inserted} new, {res.updated} updated, {res.unchanged} unchanged in {where}")
+
+@app.command("data")
+def data_(json_: JsonOpt = False, store: StoreOpt = None):
+    "List the prices the store holds: one row per source and asset with first, last, rows and bar frequency."
+    with open_store(store) as st:
+        cov = st.price_coverage()
+        freq = [frequency_label(st.read_prices([a], source=s).dropna(how="all").index)
+                for s, a in zip(cov["source"], cov["asset"])] if len(cov) else []
+    rows = [dict(source=s, asset=a, first=pd.Timestamp(f).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 last=pd.Timestamp(l).strftime("%Y-%m-%dT%H:%M:%SZ"), rows=int(n), frequency=q)
+            for (s, a, f, l, n), q in zip(cov[["source", "asset", "first", "last", "prices"]].itertuples(index=False), freq)]
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("the store holds no prices; load some with `portopt import FILE` (or `portopt run` for the bundled data)")
+        return
+    _echo_table(pd.DataFrame(rows).set_index(["source", "asset"]))
+
 
 # %% ../nbs/90_cli.ipynb #fa4f9f19
 @app.command("reallocate")
