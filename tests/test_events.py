@@ -66,7 +66,7 @@ def test_new_prices_run_the_notebook_and_store_weights_and_a_reallocation(store,
     assert realloc.loc[0, "plan"]["optimization_id"] == opt.loc[0, "id"]
     run = store.read_runs().set_index("id").loc[outcome.runs[0]]
     assert (run["job"], run["trigger"], run["status"]) == ("rebalance", "event", "succeeded")
-    executed = env.glob("*-rebalance/rebalance.ipynb")
+    executed = env.glob("*-rebalance*/rebalance.ipynb")
     nb = json.loads(next(executed).read_text())
     assert any("fund" in "".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert store.read_events("prices", pending_only=True).empty
@@ -230,7 +230,7 @@ def test_papermill_runs_share_one_warm_kernel_and_a_dead_one_is_replaced(store, 
         run_sync(listener.kernel.km.shutdown_kernel)(now=True)  # the kernel dies between runs
         new_day(store, 3)
         [third] = [o for o in listener.handle_pending() if o.topic == "prices"]
-        assert third.status == "handled" and listener.kernel.starts == 2
+        assert third.status == "handled" and listener.kernel.starts == 2, third
     finally:
         listener.close()
-    assert len(list(env.glob("*-rebalance/rebalance.ipynb"))) == 3 and len(store.read_reallocations("fund")) == 3
+    assert len(list(env.glob("*-rebalance*/rebalance.ipynb"))) == 3 and len(store.read_reallocations("fund")) == 3
