@@ -230,7 +230,7 @@ def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in
             _echo_table(decision.partial[["side", "units", "value"]].round(4))
     typer.echo(f"decision id: {rid}")
 
-# %% ../nbs/90_cli.ipynb #abc18207
+# %% ../nbs/90_cli.ipynb #bf3d5a3e
 portfolio_app = typer.Typer(help="Define your own portfolios: create one with its settings, write its holdings, show, list "
                             "or delete them. `portopt reallocate NAME` and the listener then use them.", no_args_is_help=True)
 app.add_typer(portfolio_app, name="portfolio")
