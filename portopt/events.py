@@ -355,10 +355,9 @@ class Listener:
                 self.rebalance_portfolio(portfolio, as_of, run_id=run_id)
                 return self._unit(Unit(int(event_id), portfolio, "succeeded", attempts, run_id))
             except Exception as e:
-                cause = e.__cause__ if e.__cause__ is not None else e
                 error = f"{type(e).__name__}: {e}"
                 if isinstance(e, (ConfigError, DataError)) or "ConfigError" in error or "DataError" in error:
-                    break  # bad settings or data: a retry gives the same answer
+                    break  # bad settings or data (raised here, or inside a report notebook): a retry gives the same answer
                 log.info("portfolio %s (event %s) attempt %d failed: %s", portfolio, event_id, attempts, error)
                 if attempts < self.attempts:
                     time.sleep(min(self.backoff * 2 ** (attempts - 1), 30))
