@@ -394,3 +394,20 @@ def test_a_database_restart_mid_event_leaves_exactly_one_completed_run_per_portf
     assert len(rows) == 21 and not rows.duplicated(["event", "portfolio"]).any() and (rows["status"] == "succeeded").all()
     assert store.read_events("prices", pending_only=True).empty
     store.close()
+
+
+def test_a_spent_event_budget_fails_the_portfolios_left_and_retry_failed_runs_them(tmp_path):
+    from portopt.store import SQLiteStore
+    with SQLiteStore(tmp_path / "s.sqlite") as st:
+        setup_many(st, 3)
+        new_day(st, 1)
+        listener = Listener(st, papermill=False, event_budget=1e-9)  # spent before the first portfolio
+        [o] = [o for o in listener.handle_pending() if o.topic == "prices"]
+        assert [u.status for u in o.units] == ["failed"] * 3
+        assert all(u.error.startswith("BudgetExceeded: the per-event budget of 1e-09 s was spent") for u in o.units)
+        assert st.read_reallocations().empty
+        retried = listener.recover(retry_failed=True)
+        listener.close()
+        assert [u.status for u in retried] == ["succeeded"] * 3 and len(st.read_reallocations()) == 3
+        rows = unit_rows(st)
+        assert len(rows) == 3 and (rows["status"] == "succeeded").all() and (rows["attempts"] == 2).all()
