@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
-from .clean import clean_prices, returns, to_utc
-from .config import ConfigError, DataError, PortoptError, StoreError, get_settings
+from .clean import clean_prices, resolve_frequency, returns, to_utc
+from .config import ConfigError, DataError, PortoptError, StoreError, get_settings, redact
 from .optimize import STRATEGIES, estimation_window, optimize
 from .portfolio import PortfolioSettings, portfolio_settings_from
 from .reallocate import ReallocationSettings, read_recent_prices, reallocate_portfolio
@@ -106,7 +106,7 @@ def post_webhook(url: str, alert: Alert | dict, timeout: float = 10.0, attempts:
                 r.raise_for_status()
                 return r.status_code
     except httpx.HTTPError as e:
-        raise StoreError(f"webhook {url} refused the alert after {attempts} attempts: {e}") from e
+        raise StoreError(redact(f"webhook {url} refused the alert after {attempts} attempts: {e}")) from None
 
 def raise_alerts(store: Store, alerts: list[Alert], webhook: str | None = None) -> list[int]:
     """Write each alert that is not already open (same portfolio and kind) to `alerts`; POST the new ones to
@@ -139,7 +139,10 @@ class Rebalance:
 def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = None, webhook: str | None = None) -> Rebalance:
     """Re-optimize `portfolio` on prices known at `as_of` (default: all), store the weights and the reallocation
     decision, raise alerts. Idempotent: the same data gives the same rows. Raises `ConfigError` when the portfolio
-    names no assets and holds none, `StoreError` for an unknown portfolio, `OptimizationError` when solvers fail."""
+    names no assets and holds none, `StoreError` for an unknown portfolio, `OptimizationError` when solvers fail.
+    `webhook`: where new alerts are POSTed (default `$PORTOPT_WEBHOOK`: a secret, so it comes by environment)."""
+    import os
+    webhook = webhook or os.environ.get("PORTOPT_WEBHOOK") or None
     s = portfolio_settings(store, portfolio)
     units = store.read_holdings(portfolio, as_of=as_of)
     assets = list(s.assets or units.index)
@@ -147,16 +150,17 @@ def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = Non
         raise ConfigError(f"portfolio {portfolio!r} has no assets in its settings and holds none; "
                           "set its assets (portopt portfolio create --assets) or write its holdings")
     # the window needs its periods only: twice their span in days, and a month
-    raw = read_recent_prices(store, assets, as_of, 2 * s.window * 366 / s.periods_per_year + 30,
+    raw = read_recent_prices(store, assets, as_of, 2 * s.window * 366 / (s.periods_per_year or 252) + 30,
                              lambda p: len(p) > s.window and set(assets) <= set(p.columns), s.source)
     missing = [a for a in assets if a not in raw.columns]
     if missing:
         raise DataError(f"portfolio {portfolio!r}: no prices stored for {missing}; collect or import them first")
     prices = clean_prices(raw).prices
     window = estimation_window(returns(prices), s.window)
-    alloc = optimize(window, s.strategy, periods_per_year=s.periods_per_year, **s.strategy_params)
+    ppy = resolve_frequency(prices.index, s.periods_per_year).periods_per_year  # given, or inferred from the spacing
+    alloc = optimize(window, s.strategy, periods_per_year=ppy, **s.strategy_params)
     at = to_iso(prices.index[-1] if as_of is None else min(to_utc(as_of), prices.index[-1]))
-    oid = store.write_optimization(s.strategy, dict(alloc.params, window=s.window, periods_per_year=s.periods_per_year, assets=assets),
+    oid = store.write_optimization(s.strategy, dict(alloc.params, window=s.window, periods_per_year=ppy, assets=assets),
                                    alloc.weights, alloc.metrics(), as_of=at, portfolio=portfolio, run_id=run_id)
     extra = dict(optimization_id=oid, strategy=s.strategy)
     if float(units.sum()) <= 0:
@@ -296,6 +300,8 @@ class Listener:
         self.store, self.papermill, self.poll_interval = store, papermill, poll_interval
         self.attempts, self.backoff, self.webhook = attempts, backoff, webhook
         self.lease, self.event_budget = float(lease), event_budget
+        if webhook:   # the notebooks' kernels inherit it: a secret reaches them by environment, never as a parameter
+            os.environ["PORTOPT_WEBHOOK"] = webhook
         self.reports_dir, self.runs_dir = reports_dir, runs_dir
         self.db_url = db_url or (os.environ.get("SUPABASE_DB_URL") if isinstance(store, SupabaseStore) else None)
         if isinstance(store, SupabaseStore) and not self.db_url:
@@ -313,7 +319,7 @@ class Listener:
     def rebalance_portfolio(self, portfolio: str, as_of=None, run_id: str | None = None) -> str:
         """Rebalance one portfolio, through papermill or directly; either way a row in `runs` (trigger `event`): `run_id`
         (a claimed unit's) or a new one. Returns its id; the row ends `succeeded`, or `failed` and the error is raised."""
-        params = {"portfolio": portfolio, "as_of": as_of, "webhook": self.webhook}
+        params = {"portfolio": portfolio, "as_of": as_of}   # the webhook is a secret: by environment, never a parameter
         if self.papermill:
             from portopt.reports import run_report
             km = None if self.kernel is None else self.kernel.ready()
@@ -324,7 +330,7 @@ class Listener:
             rebalance(self.store, portfolio, as_of=as_of, run_id=run_id, webhook=self.webhook)
         except Exception as e:
             try:
-                self.store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:4000])
+                self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
             except Exception:  # the store is away: the row stays running and its lease expires
                 pass
             raise
@@ -355,7 +361,7 @@ class Listener:
                 self.rebalance_portfolio(portfolio, as_of, run_id=run_id)
                 return self._unit(Unit(int(event_id), portfolio, "succeeded", attempts, run_id))
             except Exception as e:
-                error = f"{type(e).__name__}: {e}"
+                error = redact(f"{type(e).__name__}: {e}")
                 if isinstance(e, (ConfigError, DataError)) or "ConfigError" in error or "DataError" in error:
                     break  # bad settings or data (raised here, or inside a report notebook): a retry gives the same answer
                 log.info("portfolio %s (event %s) attempt %d failed: %s", portfolio, event_id, attempts, error)
@@ -422,11 +428,11 @@ class Listener:
         except Exception as e:
             if isinstance(e, StoreError) and handler is Listener.on_data:
                 raise
-            error = f"{type(e).__name__}: {e}"
+            error = redact(f"{type(e).__name__}: {e}")
             log.warning("event %s (%s) failed after %d attempt(s): %s", event_id, topic, attempts, error)
             run_id = self.store.start_run(f"event:{topic}", {"event_id": int(event_id), "payload": payload,
                                                              "attempts": attempts}, trigger="event")
-            self.store.finish_run(run_id, "failed", error=(error + "\n" + traceback.format_exc(limit=5))[:4000])
+            self.store.finish_run(run_id, "failed", error=redact(error + "\n" + traceback.format_exc(limit=5))[:4000])
             return Outcome(int(event_id), topic, "failed", attempts, error, [run_id], units=list(self._event_units))
 
     # -- the queue -----------------------------------------------------------------------------

@@ -11,7 +11,8 @@ DECLARE
     k text;
     v jsonb;
     r jsonb;
-    known text[] := ARRAY['strategy', 'strategy_params', 'assets', 'window', 'periods_per_year', 'source', 'band', 'cash',
+    known text[] := ARRAY['strategy', 'strategy_params', 'assets', 'window', 'periods_per_year', 'missing', 'max_fill',
+                          'source', 'band', 'cash',
                           'stale_after_hours', 'max_drawdown', 'utilization_cap', 'liquidity_floor', 'reallocation'];
     known_r text[] := ARRAY['fee_bps', 'min_trade_value', 'participation', 'impact_coefficient', 'decimals',
                             'drawdown_limit', 'band', 'cash', 'max_price_age'];  -- the last three: settings of before
@@ -47,10 +48,19 @@ BEGIN
                           OR (v::text)::numeric < 2) THEN
         RETURN format('window: must be a whole number of periods >= 2 (got %s)', v);
     END IF;
-    v := s->'periods_per_year';
-    IF v IS NOT NULL AND (jsonb_typeof(v) <> 'number' OR (v::text)::numeric <> trunc((v::text)::numeric)
+    v := s->'periods_per_year';  -- null: inferred from the prices' spacing
+    IF v IS NOT NULL AND jsonb_typeof(v) <> 'null' AND (jsonb_typeof(v) <> 'number' OR (v::text)::numeric <> trunc((v::text)::numeric)
                           OR (v::text)::numeric <= 0) THEN
         RETURN format('periods_per_year: must be a whole number > 0, e.g. 365 or 252 (got %s)', v);
+    END IF;
+    v := s->'missing';
+    IF v IS NOT NULL AND (jsonb_typeof(v) <> 'string' OR NOT (v #>> '{}') = ANY (ARRAY['exclude', 'ffill', 'raise'])) THEN
+        RETURN format('missing: use exclude, ffill or raise (got %s)', v);
+    END IF;
+    v := s->'max_fill';
+    IF v IS NOT NULL AND jsonb_typeof(v) <> 'null' AND (jsonb_typeof(v) <> 'number'
+                                                         OR (v::text)::numeric <> trunc((v::text)::numeric) OR (v::text)::numeric < 1) THEN
+        RETURN format('max_fill: must be a whole number of periods >= 1, or null (got %s)', v);
     END IF;
     FOREACH k IN ARRAY ARRAY['source', 'cash'] LOOP
         v := s->k;
