@@ -322,9 +322,17 @@ class Listener:
         params = {"portfolio": portfolio, "as_of": as_of}   # the webhook is a secret: by environment, never a parameter
         if self.papermill:
             from portopt.reports import run_report
-            km = None if self.kernel is None else self.kernel.ready()
-            return run_report("rebalance", params, store=self.store, trigger="event", reports_dir=self.reports_dir,
-                              runs_dir=self.runs_dir, kernel_manager=km, run_id=run_id).run_id
+            try:
+                km = None if self.kernel is None else self.kernel.ready()
+                return run_report("rebalance", params, store=self.store, trigger="event", reports_dir=self.reports_dir,
+                                  runs_dir=self.runs_dir, kernel_manager=km, run_id=run_id).run_id
+            except Exception as e:  # e.g. the kernel would not start: the claimed row ends failed, so a retry can claim it
+                if run_id is not None:
+                    try:
+                        self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
+                    except Exception:
+                        pass
+                raise
         run_id = run_id or self.store.start_run("rebalance", params, trigger="event")
         try:
             rebalance(self.store, portfolio, as_of=as_of, run_id=run_id, webhook=self.webhook)
