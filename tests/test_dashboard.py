@@ -135,7 +135,7 @@ def test_overview_matches_the_store_and_a_menu_redraws(populated):
         summary = page.inner_text(".po-summary")
         assert "demo" in summary and decision["status"].replace("_", " ") in summary and "rebalance-demo" in summary
         assert f"{decision['plan']['nav']:,.2f} USD" in summary
-        weights = page.locator(".po-weights").first.inner_text()
+        weights = "\n".join(page.locator(".po-weights").all_inner_texts())
         for row in decision["plan"]["positions"]:
             assert f"{row['target_weight']:.1%}" in weights and f"{row['weight']:.1%}" in weights
         links = {a.inner_text(): a.get_attribute("href") for a in page.locator("a.po-report").all()}
