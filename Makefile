@@ -32,6 +32,7 @@ dashboard:  ## serve reports/ as read-only Voila apps on http://127.0.0.1:8866 (
 
 lab:  ## JupyterLab on the project, with nbdev's git hooks so saved notebooks stay clean
 	$(BIN)/nbdev_install_hooks
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null  # the kernelspec the notebooks record (nbdev_clean writes display_name python3): JupyterLab has nothing to rewrite, so a fresh notebook opens unchanged
 	$(BIN)/jupyter lab
 
 export:  ## regenerate portopt/ from the notebooks in nbs/

@@ -143,7 +143,7 @@ def test_overview_matches_the_store_and_a_menu_redraws(populated):
         page.screenshot(path=str(SCREENS / "overview.png"), full_page=True)
         # a client-side menu redraws: the strategy chart switches from max_sharpe to min_variance, no kernel involved
         title = page.locator(".gtitle", has_text="latest weights and risk contributions")
-        assert title.inner_text().startswith("max_sharpe")
+        assert title.text_content().startswith("max_sharpe")  # SVG text: text_content, not inner_text
         chart = page.locator(".js-plotly-plot", has=title)
         chart.locator(".updatemenu-header-group").click()
         chart.locator(".updatemenu-dropdown-button", has_text="min_variance").click()
