@@ -658,7 +658,7 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
                "".join(f"\n  {u.portfolio} (event {u.event_id}): {u.error}" for u in bad))
 
 @app.command()
-def schedule(file: Annotated[Path, typer.Argument(help="TOML schedule: [[job]] tables with name, cron or every, report or call, parameters.")],
+def schedule(file: Annotated[Path, typer.Argument(help="TOML schedule: \\[\\[job]] tables with name, cron or every, report or call, parameters.")],
              list_: Annotated[bool, typer.Option("--list", help="Check the file and list its jobs, then exit.")] = False,
              run_now: Annotated[Optional[str], typer.Option("--run-now", help="Run this job once now (trigger manual), then exit.")] = None):
     """Run report notebooks and jobs on a schedule (APScheduler, times in UTC); see schedule.example.toml.

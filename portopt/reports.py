@@ -80,7 +80,7 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
     store = store or open_store()
     try:
         folder = _run_folder(Path(runs_dir or settings.runs_dir), name)
-        params = dict(parameters or {}, store_path=str(store.path), output_dir=str(folder))
+        params = dict({"recompute": True}, **(parameters or {}), store_path=str(store.path), output_dir=str(folder))
         _no_secrets(params)
         run_id = run_id or store.start_run(name, params, trigger)
         out, html = folder / f"{name}.ipynb", folder / f"{name}.html"
