@@ -14,9 +14,9 @@ import pandas as pd
 from .config import ConfigError, DataError, check_calendar, check_years, epoch_unit
 
 # %% auto #0
-__all__ = ['PRICE_FIELDS', 'LONG_COLUMNS', 'to_utc', 'parse_timestamps', 'validate_long', 'to_wide', 'to_long', 'validate_prices',
-           'CleanResult', 'clean_prices', 'returns', 'log_returns', 'resample_prices', 'periods_per_year', 'Frequency',
-           'infer_frequency', 'resolve_frequency']
+__all__ = ['PRICE_FIELDS', 'LONG_COLUMNS', 'MISSING_POLICIES', 'to_utc', 'parse_timestamps', 'validate_long', 'to_wide',
+           'to_long', 'validate_prices', 'CleanResult', 'clean_prices', 'returns', 'log_returns', 'resample_prices',
+           'periods_per_year', 'Frequency', 'infer_frequency', 'resolve_frequency', 'check_missing', 'fill_gaps']
 
 # %% ../nbs/01_clean.ipynb #0470e1e5
 PRICE_FIELDS = ("open", "high", "low", "close")
@@ -360,7 +360,7 @@ def infer_frequency(index) -> Frequency:
     if len(off):
         raise DataError(f"irregular spacing: most bars are {_duration(bar)} apart but {len(off)} are not a whole number of bars, "
                         f"first {_gaps(idx, off)}; {fix}")
-    weekend = np.isin(idx.dayofweek, (5, 6))
+    weekend = np.isin(idx.day_of_week, (5, 6))
     span_days = (idx[-1] - idx[0]) / _DAY
     bars = None  # bars each spacing spans (1 = the next bar, 3 = two missing)
     if bar < _DAY:
@@ -372,7 +372,7 @@ def infer_frequency(index) -> Frequency:
                             f"a year as the sessions have bars; pass periods_per_year (e.g. 252 × bars a session)")
         freq = Frequency(bar, 365 * per_day, _bar_label(bar))
     elif bar == _DAY:
-        crosses_weekend = span_days >= 6 or idx[0].dayofweek > idx[-1].dayofweek
+        crosses_weekend = span_days >= 6 or idx[0].day_of_week > idx[-1].day_of_week
         if not weekend.any() and crosses_weekend:
             d = idx.tz_convert(None).normalize().values.astype("datetime64[D]")
             bars = np.busday_count(d[:-1], d[1:])  # weekdays from one bar up to the next: 1 unless one is missing
@@ -410,3 +410,43 @@ def resolve_frequency(index, periods_per_year: int | None = None) -> Frequency:
         idx = index.index if isinstance(index, (pd.DataFrame, pd.Series)) else pd.DatetimeIndex(index)
         bar = pd.Timedelta(idx.to_series().diff().median()) if len(idx) > 1 else pd.NaT
         return Frequency(bar, int(periods_per_year), "bars of irregular spacing", inferred=False)
+
+# %% ../nbs/01_clean.ipynb #b2e8a1d4
+MISSING_POLICIES = ("exclude", "ffill", "raise")
+
+def check_missing(missing: str, max_fill: int | None = None) -> int:
+    "Check a missing-data policy; returns the number of periods a gap may be filled over (0 unless `ffill`)."
+    if missing not in MISSING_POLICIES:
+        raise ConfigError(f"missing={missing!r}: use one of {list(MISSING_POLICIES)} "
+                          "(exclude: leave the asset out and say so; ffill: carry prices over short gaps; raise: stop)")
+    if missing != "ffill":
+        if max_fill:
+            raise ConfigError(f"max_fill={max_fill} only applies with missing='ffill' (--missing ffill)")
+        return 0
+    if max_fill is None:
+        raise ConfigError("missing='ffill' needs max_fill, the longest gap in periods to carry a price over (--max-fill 3)")
+    if isinstance(max_fill, bool) or int(max_fill) != max_fill or max_fill < 1:
+        raise ConfigError(f"max_fill={max_fill!r}: give a whole number of periods >= 1")
+    return int(max_fill)
+
+def fill_gaps(prices: pd.DataFrame, max_fill: int) -> tuple[pd.DataFrame, dict]:
+    """Carry each asset's last price forward over gaps of at most `max_fill` periods between two of its prices.
+
+    Returns the filled frame and `{asset: "3 prices forward-filled (2025-11-12, 2025-11-13, ...)"}` for each
+    asset filled. Longer gaps, and periods before an asset's first or after its last price, stay missing."""
+    out, filled = prices.copy(), {}
+    for asset in out.columns:
+        s = out[asset]
+        first, last = s.first_valid_index(), s.last_valid_index()
+        if first is None:
+            continue
+        life = s.loc[first:last]
+        done = []
+        for a, b, n in _runs(life.isna()):
+            if n <= max_fill:
+                out.loc[a:b, asset] = life.loc[:a].dropna().iloc[-1]
+                done += list(life.loc[a:b].index)
+        if done:
+            shown = ", ".join(f"{t:%Y-%m-%d %H:%M}".replace(" 00:00", "") for t in done[:3]) + (", ..." if len(done) > 3 else "")
+            filled[asset] = f"{len(done)} price(s) forward-filled ({shown})"
+    return out, filled
