@@ -208,3 +208,18 @@ def test_conflict_across_two_files_names_both(cli, store_path, tmp_path):
     b.write_text("\n".join([lines[0], _set_close(lines[100], "1.5e4")] + lines[101:]) + "\n")
     proc = cli("import", a, b, check=False)
     assert proc.returncode == 1 and f"{a} row 101 and {b} row 2: two different close values for BTC" in proc.stderr, proc.stderr
+
+
+def test_write_prices_many_on_both_stores_checks_every_batch_first(store):
+    "The contract: several sources in one call; a bad batch anywhere leaves the store as it was."
+    hourly, daily = import_file(BINANCE_1H).frame.drop(columns="_row"), import_file(KRAKEN).frame.drop(columns="_row")
+    bad = daily.head(3).assign(close=[1.0, -2.0, 3.0])
+    with pytest.raises(Exception, match="non-positive close price -2"):
+        store.write_prices_many([(hourly, "binance"), (bad, "kraken")])
+    assert store.price_coverage().empty
+    res = store.write_prices_many([(hourly, "binance"), (daily, "kraken")])
+    assert [(r.inserted, r.unchanged) for r in res] == [(744, 0), (3178, 0)]
+    cov = store.price_coverage().set_index("source")["prices"].to_dict()
+    assert cov == {"binance": 744, "kraken": 3178}
+    got = store.read_prices(["BTC"], source="binance")["BTC"]
+    assert np.allclose(got.to_numpy(), hourly["close"].to_numpy(), rtol=0, atol=0)
