@@ -13,11 +13,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .clean import returns as simple_returns
-from .clean import to_utc
+from .clean import check_missing, fill_gaps, resolve_frequency, to_utc
 from .config import ConfigError, ConstraintError, DataError, OptimizationError
 from .metrics import (bootstrap_interval, deflated_sharpe_ratio, drawdowns, performance,
                              probabilistic_sharpe_ratio, rolling_sharpe)
-from .optimize import STRATEGIES, optimize
+from .optimize import STRATEGIES, missing_reasons, optimize
 from .reallocate import square_root_impact
 from .walkforward import FAST_STRATEGIES, FastOptimizer, one_blas_thread
 
@@ -57,6 +57,8 @@ class BacktestConfig:
     on_failure: str = "hold"
     params: dict = field(default_factory=dict)
     fast: bool = True
+    missing: str = "exclude"      # an asset with a missing return in a window: "exclude" (logged), "ffill", "raise"
+    max_fill: int | None = None   # with missing="ffill": the longest gap, in periods, a price is carried over
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +128,7 @@ def check_config(prices: pd.DataFrame, strategy: str, *, periods_per_year: int, 
         raise ConfigError(f"cooldown={cfg.cooldown}: periods before re-entry must be >= 0")
     if cfg.on_failure not in ON_FAILURE:
         raise ConfigError(f"on_failure={cfg.on_failure!r}: use one of {list(ON_FAILURE)}")
+    check_missing(cfg.missing, cfg.max_fill)
     if not 0 < cfg.alpha < 0.5:
         raise ConfigError(f"alpha={cfg.alpha}: the tail level must be in (0, 0.5)")
     bad = sorted(set(cfg.params or {}) - set(inspect.signature(optimize).parameters) | ({"returns", "strategy", "periods_per_year"} & set(cfg.params or {})))
@@ -277,7 +280,7 @@ def _market_cap_weights(caps: pd.DataFrame, t, assets: list) -> pd.Series:
         raise OptimizationError(f"no market cap before {t:%Y-%m-%d} for {assets}")
     return last / last.sum()
 
-def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int, volumes: pd.DataFrame | None = None,
+def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int | None = None, volumes: pd.DataFrame | None = None,
                  market_caps: pd.DataFrame | None = None, progress: bool = False, **options) -> BacktestResult:
     """Walk-forward backtest of `strategy` on `prices` (timestamp × assets, regular periods, ragged allowed;
     quote currency per unit). The options are `BacktestConfig`'s:
@@ -291,13 +294,24 @@ def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int, 
     synthetic one that earns 0), `max_weight` (position cap), `drawdown_limit` and `cooldown` (circuit breaker),
     `on_failure` ("hold", "equal_weight", "raise"), `params` (more options of `optimize`: risk measure,
     constraints, estimators...), `fast` (use `portopt.walkforward.FastOptimizer` for the strategies it has when
-    `params` is empty; same answers, computed faster). `market_caps` (timestamp × assets) feed the
+    `params` is empty; same answers, computed faster), `missing` and `max_fill` (an asset with a missing return in
+    a window is left out of that decision and named with its reason in `log` as an "excluded" row; "ffill" first
+    carries prices over gaps of at most `max_fill` periods, logged as "filled"; "raise" stops with `DataError`).
+    `periods_per_year` defaults to the one `portopt.clean.infer_frequency` reads from the index; the first `log`
+    row ("frequency") says which value was used and whether it was inferred. `market_caps` (timestamp × assets) feed the
     `"market_cap"` benchmark. `progress` shows a tqdm bar over the periods.
 
     Raises `ConfigError` (from `check_config`) before any work for a bad configuration, `DataError` when a
     traded asset has no volume before a trade that must price impact, and `OptimizationError` from `optimize`
     only with `on_failure="raise"`."""
+    freq = resolve_frequency(prices.index, periods_per_year)
+    periods_per_year = freq.periods_per_year
     cfg = check_config(prices, strategy, periods_per_year=periods_per_year, volumes=volumes, market_caps=market_caps, **options)
+    log = [dict(timestamp=prices.index[0], event="frequency", detail=freq.describe())]
+    max_fill = check_missing(cfg.missing, cfg.max_fill)
+    if max_fill:
+        prices, filled = fill_gaps(prices, max_fill)
+        log += [dict(timestamp=prices.index[0], event="filled", detail=f"{a}: {why}") for a, why in filled.items()]
     r = simple_returns(prices)
     cash = cfg.cash
     if cash is None and (cfg.max_weight is not None or cfg.drawdown_limit is not None):
@@ -334,6 +348,12 @@ def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int, 
             return w
         recent = Rrisky[i - cfg.window:i]
         keep = ~np.isnan(recent).any(axis=0)
+        if not keep.all():  # never silent: who is left out of this decision, and why
+            why = missing_reasons(pd.DataFrame(recent[:, ~keep], index=r.index[i - cfg.window:i], columns=pd.Index(risky)[~keep]))
+            detail = "; ".join(f"{a}: {w}" for a, w in why.items())
+            if cfg.missing == "raise":
+                raise DataError(f"missing returns (missing='raise') before {t:%Y-%m-%d}: {detail}")
+            log.append(dict(timestamp=t, event="excluded", detail=detail))
         if not keep.any():
             raise OptimizationError(f"no asset has {cfg.window} periods of complete returns before {t:%Y-%m-%d}")
         lo = i - cfg.window
@@ -372,7 +392,7 @@ def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int, 
     nav = np.empty(n - first)
     value = peak = cfg.capital
     in_cash_since = None
-    set_w, turnover, costs, impacts, trades, log = {}, {}, {}, {}, [], []
+    set_w, turnover, costs, impacts, trades = {}, {}, {}, {}, []
     bar = tqdm(total=n - first, desc=f"{strategy} walk-forward", disable=not progress, leave=False, mininterval=0.5)
     with one_blas_thread():
         for k, i in enumerate(range(first, n)):
@@ -385,6 +405,8 @@ def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int, 
             elif scheduled[i] and (in_cash_since is None or i - in_cash_since >= cfg.cooldown):
                 try:
                     target = target_at(i)
+                except DataError:
+                    raise
                 except (OptimizationError, ConstraintError, ConfigError) as e:
                     if cfg.on_failure == "raise":
                         raise OptimizationError(f"{strategy} at {t:%Y-%m-%d}: {e}") from e
@@ -453,16 +475,17 @@ def benchmark_name(benchmark: str) -> str:
     "The result key of a benchmark: 'benchmark (equal weight)', 'benchmark (buy and hold)', 'benchmark (BTC)'..."
     return f"benchmark ({benchmark.split(':', 1)[1] if benchmark.startswith('asset:') else benchmark.replace('_', ' ')})"
 
-def compare(prices: pd.DataFrame, strategies, *, periods_per_year: int, benchmarks=("equal_weight",),
+def compare(prices: pd.DataFrame, strategies, *, periods_per_year: int | None = None, benchmarks=("equal_weight",),
             progress: bool = False, volumes: pd.DataFrame | None = None, market_caps: pd.DataFrame | None = None,
             **options) -> dict:
     """`{name: BacktestResult}` for each strategy and each benchmark (`benchmark_name(b)`: "equal_weight",
     "buy_and_hold", "market_cap", "asset:<column>"); `options` go to `walk_forward`. Every configuration is
-    checked before the first backtest runs (`check_config`)."""
+    checked before the first backtest runs (`check_config`). `periods_per_year`: default inferred from the index."""
+    ppy = resolve_frequency(prices.index, periods_per_year).periods_per_year
     plain = {k: v for k, v in options.items() if k not in ("params", "max_weight", "drawdown_limit", "cooldown", "band")}
     jobs = [(s, s, options) for s in strategies] + [(benchmark_name(b), b, plain) for b in benchmarks]
     for _, s, kw in jobs:
-        check_config(prices, s, periods_per_year=periods_per_year, volumes=volumes, market_caps=market_caps, **kw)
+        check_config(prices, s, periods_per_year=ppy, volumes=volumes, market_caps=market_caps, **kw)
     return {name: walk_forward(prices, s, periods_per_year=periods_per_year, volumes=volumes, market_caps=market_caps,
                                progress=progress, **kw)
             for name, s, kw in tqdm(jobs, desc="backtests", disable=not progress)}

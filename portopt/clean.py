@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, DataError
+from .config import ConfigError, DataError, check_calendar, check_years, epoch_unit
 
 # %% auto #0
-__all__ = ['PRICE_FIELDS', 'LONG_COLUMNS', 'to_utc', 'parse_timestamps', 'validate_long', 'to_wide', 'to_long', 'validate_prices',
-           'CleanResult', 'clean_prices', 'returns', 'log_returns', 'resample_prices', 'periods_per_year']
+__all__ = ['PRICE_FIELDS', 'LONG_COLUMNS', 'MISSING_POLICIES', 'to_utc', 'parse_timestamps', 'validate_long', 'to_wide',
+           'to_long', 'validate_prices', 'CleanResult', 'clean_prices', 'returns', 'log_returns', 'resample_prices',
+           'periods_per_year', 'Frequency', 'infer_frequency', 'resolve_frequency', 'check_missing', 'fill_gaps']
 
 # %% ../nbs/01_clean.ipynb #0470e1e5
 PRICE_FIELDS = ("open", "high", "low", "close")
@@ -39,6 +40,13 @@ def parse_timestamps(values, what: str = "timestamp") -> pd.DatetimeIndex:
         idx = pd.DatetimeIndex(values)
         return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
     s = pd.Series(values, dtype="object").astype(str).str.strip()
+    if len(s) and s.str.fullmatch(r"\d{9,20}(?:\.\d+)?").all():   # Unix time: the unit (s, ms, us, ns) from the magnitude
+        num = pd.to_numeric(s)
+        unit = epoch_unit(float(num.abs().max()))
+        if unit is None or unit != epoch_unit(float(num.abs().min())):
+            raise DataError(f"{what}: Unix times {s.iloc[0]!r} … {s.iloc[-1]!r} mix units (s, ms, us, ns); write one unit, or ISO 8601 dates")
+        return pd.DatetimeIndex(pd.to_datetime(num, unit=unit, utc=True))
+    _check_dates(s, what)
     zones = s.str.extract(f"({_ZONE.pattern})", flags=re.IGNORECASE)[0].fillna("").str.strip().str.lower()
     kinds = {("utc" if z in _UTC_SUFFIXES else z) for z in zones}
     if len(kinds) > 1:
@@ -54,6 +62,19 @@ def parse_timestamps(values, what: str = "timestamp") -> pd.DatetimeIndex:
     if idx.isna().any():
         raise DataError(f"empty {what} in row {int(np.flatnonzero(idx.isna())[0]) + 1}; every row needs a timestamp")
     return idx
+
+# %% ../nbs/01_clean.ipynb #47c25320
+def _check_dates(s: pd.Series, what: str) -> None:
+    "Refuse the first `YYYY-MM-DD...` text that is no calendar date (`2021-13-45`) or has no 4-digit year (`1-01-01`)."
+    parts = s.str.extract(r"^(\d{1,6})-(\d{1,2})-(\d{1,2})(?:$|[T\s])")
+    has = parts[0].notna()
+    if not has.any():
+        return
+    dates = pd.to_datetime(parts[0].str.zfill(4) + "-" + parts[1].str.zfill(2) + "-" + parts[2].str.zfill(2),
+                           format="%Y-%m-%d", errors="coerce")
+    bad = has & (dates.isna() | (parts[0].str.len() != 4))
+    if bad.any():
+        check_calendar(s[bad].iloc[0], what)
 
 # %% ../nbs/01_clean.ipynb #ae9162b8
 def _first_bad(frame: pd.DataFrame, mask: pd.Series) -> str:
@@ -75,6 +96,10 @@ def validate_long(frame: pd.DataFrame, where: str = "data") -> pd.DataFrame:
     if not isinstance(out["timestamp"].dtype, pd.DatetimeTZDtype):
         out["timestamp"] = parse_timestamps(out["timestamp"], f"{where} timestamp")
     out["timestamp"] = out["timestamp"].dt.tz_convert("UTC")
+    years = out["timestamp"].dt.year
+    odd = (years < 1900) | (years > 2200)
+    if odd.any():   # outside the years of market data: refused here, so they are never stored (unless allowed)
+        check_years([int(years[odd].iloc[0])], f"{where} timestamp", out["timestamp"][odd].iloc[0].isoformat())
     asset = out["asset"].astype("string").str.strip()
     if asset.isna().any() or (asset == "").any():
         raise DataError(f"{where}: empty asset name in row {int(np.flatnonzero(asset.isna() | (asset == ''))[0]) + 1}")
@@ -256,3 +281,174 @@ def periods_per_year(freq: str, days_per_year: int) -> int:
     if days_per_year not in (365, 252, 360, 260):
         raise ConfigError(f"days_per_year={days_per_year}: use 365 (crypto), 252 (equities), 260 or 360")
     return {"D": days_per_year, "W": 52, "M": 12}[freq]
+
+# %% ../nbs/01_clean.ipynb #a1f7e3c2
+@dataclass(frozen=True)
+class Frequency:
+    "The bar length of a price index and its annualization factor, and whether it was inferred or given."
+    bar: pd.Timedelta       # the spacing of consecutive timestamps (a month is taken as 30 days, a quarter as 91)
+    periods_per_year: int   # annualization factor: mean × periods_per_year, volatility × √periods_per_year
+    label: str              # e.g. "hourly bars", "daily bars on weekday sessions"
+    inferred: bool = True   # False when the caller gave `periods_per_year`
+
+    def describe(self) -> str:
+        "One line for tables, JSON and reports, e.g. 'hourly bars, 8,760 periods a year, inferred'."
+        return f"{self.label}, {self.periods_per_year:,} periods a year, {'inferred' if self.inferred else 'given'}"
+
+    def to_dict(self) -> dict:
+        "JSON-ready: bar in seconds, periods_per_year, label, inferred and the one-line description."
+        return {"periods_per_year": self.periods_per_year, "inferred": self.inferred, "label": self.label,
+                "bar_seconds": float(self.bar.total_seconds()), "description": self.describe()}
+
+_DAY = pd.Timedelta(days=1)
+_MAX_MISSING = 0.10  # missing bars tolerated, as a fraction of the bars the span should hold
+
+def _duration(td: pd.Timedelta) -> str:
+    "A duration in words: '1 hour', '30 minutes', '3 days', '1 day 6 hours'."
+    s = int(td.total_seconds())
+    parts = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        n, s = divmod(s, size)
+        if n:
+            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
+    return " ".join(parts[:2]) or f"{td.total_seconds():g} seconds"
+
+def _bar_label(bar: pd.Timedelta) -> str:
+    if bar == pd.Timedelta(hours=1):
+        return "hourly bars"
+    if bar == pd.Timedelta(minutes=1):
+        return "minute bars"
+    return f"{_duration(bar)} bars".replace("hours bars", "hour bars").replace("minutes bars", "minute bars")
+
+def _show(t: pd.Timestamp) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+def _gaps(idx: pd.DatetimeIndex, where: np.ndarray, n: int = 3) -> str:
+    "The first `n` spacings at positions `where` (into idx[1:]) as 'a → b (3 hours)'."
+    shown = [f"{_show(idx[i])} → {_show(idx[i + 1])} ({_duration(idx[i + 1] - idx[i])})" for i in where[:n]]
+    more = f" and {len(where) - n} more" if len(where) > n else ""
+    return ", ".join(shown) + more
+
+def infer_frequency(index) -> Frequency:
+    """The bar length and periods per year of a price index (a `DatetimeIndex`, a series of timestamps, or a frame whose index is one).
+
+    Returns a `Frequency`: intraday bars that divide a day on a market open every day → 365 × bars a day
+    (hourly: 8,760); daily bars with weekend days present → 365, with no Saturday or Sunday over a span
+    that crosses a weekend → 252 (weekday sessions; holidays tolerated); 7-day bars → 52; month-long
+    spacing (28-31 days) → 12; quarter-long (89-92 days) → 4. Naive timestamps are taken as UTC.
+    Raises `DataError` naming the first offending timestamps and their spacing when fewer than three
+    timestamps are given, timestamps repeat or go back, spacing is not a whole number of bars (mixed
+    frequencies), more than a tenth of the bars are missing, or the bar is not a calendar frequency;
+    the message says to resample or to pass `periods_per_year`."""
+    if isinstance(index, pd.Series) and pd.api.types.is_datetime64_any_dtype(index):
+        index = pd.DatetimeIndex(index)  # a column of timestamps
+    elif isinstance(index, (pd.DataFrame, pd.Series)):
+        index = index.index
+    idx = parse_timestamps(index, "index")
+    fix = "resample to one frequency (`resample_prices`) or pass periods_per_year (--periods-per-year)"
+    if len(idx) < 3:
+        raise DataError(f"cannot infer a frequency from {len(idx)} timestamp(s); give at least 3, or pass periods_per_year")
+    step = idx[1:] - idx[:-1]
+    bad = np.flatnonzero(step <= pd.Timedelta(0))
+    if len(bad):
+        raise DataError(f"timestamps repeat or go back at {_gaps(idx, bad)}; sort the index and keep one row per timestamp")
+    days = step / _DAY
+    for lo, hi, ppy, label, bar in ((28, 31, 12, "monthly bars", pd.Timedelta(days=30)),
+                                    (89, 92, 4, "quarterly bars", pd.Timedelta(days=91))):
+        if (days >= lo).all() and (days <= hi).all():
+            return Frequency(bar, ppy, label)
+    bar = pd.Timedelta(step.value_counts().idxmax())
+    off = np.flatnonzero(np.asarray(step % bar != pd.Timedelta(0)))
+    if len(off):
+        raise DataError(f"irregular spacing: most bars are {_duration(bar)} apart but {len(off)} are not a whole number of bars, "
+                        f"first {_gaps(idx, off)}; {fix}")
+    weekend = np.isin(idx.day_of_week, (5, 6))
+    span_days = (idx[-1] - idx[0]) / _DAY
+    bars = None  # bars each spacing spans (1 = the next bar, 3 = two missing)
+    if bar < _DAY:
+        if _DAY % bar != pd.Timedelta(0):
+            raise DataError(f"{_duration(bar)} bars do not divide a day, so a year holds no whole number of them; {fix}")
+        per_day = int(_DAY // bar)
+        if span_days >= 7 and not weekend.any():
+            raise DataError(f"{_bar_label(bar)} with no Saturday or Sunday: intraday bars of weekday sessions have as many periods "
+                            f"a year as the sessions have bars; pass periods_per_year (e.g. 252 × bars a session)")
+        freq = Frequency(bar, 365 * per_day, _bar_label(bar))
+    elif bar == _DAY:
+        crosses_weekend = span_days >= 6 or idx[0].day_of_week > idx[-1].day_of_week
+        if not weekend.any() and crosses_weekend:
+            d = idx.tz_convert(None).normalize().values.astype("datetime64[D]")
+            bars = np.busday_count(d[:-1], d[1:])  # weekdays from one bar up to the next: 1 unless one is missing
+            freq = Frequency(bar, 252, "daily bars on weekday sessions")
+        else:
+            freq = Frequency(bar, 365, "daily bars")
+    elif bar == pd.Timedelta(days=7):
+        freq = Frequency(bar, 52, "weekly bars")
+    else:
+        raise DataError(f"bars {_duration(bar)} apart are not a calendar frequency portopt knows "
+                        f"(intraday, daily, weekly, monthly, quarterly); {fix}")
+    if bars is None:
+        bars = np.asarray(step // bar)
+    missing_at = np.flatnonzero(bars > 1)
+    missing, expected = int((bars - 1).sum()), int(bars.sum())
+    if missing > _MAX_MISSING * expected:
+        raise DataError(f"{freq.label} with {missing:,} of {expected:,} bars missing ({missing / expected:.0%}, "
+                        f"more than {_MAX_MISSING:.0%}): {_gaps(idx, missing_at)}; {fix}")
+    return freq
+
+def resolve_frequency(index, periods_per_year: int | None = None) -> Frequency:
+    """`infer_frequency(index)` when `periods_per_year` is None, else a `Frequency` with the given value (`inferred=False`).
+
+    A given value must be a positive whole number; the bar and label are still read from the index when
+    it has a known frequency (otherwise the label says the spacing is irregular)."""
+    if periods_per_year is None:
+        return infer_frequency(index)
+    if isinstance(periods_per_year, bool) or not float(periods_per_year).is_integer() or int(periods_per_year) <= 0:
+        raise ConfigError(f"periods_per_year={periods_per_year!r}: give a positive whole number "
+                          "(8760 hourly 24/7, 365 daily 24/7, 252 weekday sessions, 52 weekly, 12 monthly)")
+    try:
+        f = infer_frequency(index)
+        return Frequency(f.bar, int(periods_per_year), f.label, inferred=False)
+    except DataError:
+        idx = index.index if isinstance(index, (pd.DataFrame, pd.Series)) else pd.DatetimeIndex(index)
+        bar = pd.Timedelta(idx.to_series().diff().median()) if len(idx) > 1 else pd.NaT
+        return Frequency(bar, int(periods_per_year), "bars of irregular spacing", inferred=False)
+
+# %% ../nbs/01_clean.ipynb #b2e8a1d4
+MISSING_POLICIES = ("exclude", "ffill", "raise")
+
+def check_missing(missing: str, max_fill: int | None = None) -> int:
+    "Check a missing-data policy; returns the number of periods a gap may be filled over (0 unless `ffill`)."
+    if missing not in MISSING_POLICIES:
+        raise ConfigError(f"missing={missing!r}: use one of {list(MISSING_POLICIES)} "
+                          "(exclude: leave the asset out and say so; ffill: carry prices over short gaps; raise: stop)")
+    if missing != "ffill":
+        if max_fill:
+            raise ConfigError(f"max_fill={max_fill} only applies with missing='ffill' (--missing ffill)")
+        return 0
+    if max_fill is None:
+        raise ConfigError("missing='ffill' needs max_fill, the longest gap in periods to carry a price over (--max-fill 3)")
+    if isinstance(max_fill, bool) or int(max_fill) != max_fill or max_fill < 1:
+        raise ConfigError(f"max_fill={max_fill!r}: give a whole number of periods >= 1")
+    return int(max_fill)
+
+def fill_gaps(prices: pd.DataFrame, max_fill: int) -> tuple[pd.DataFrame, dict]:
+    """Carry each asset's last price forward over gaps of at most `max_fill` periods between two of its prices.
+
+    Returns the filled frame and `{asset: "3 prices forward-filled (2025-11-12, 2025-11-13, ...)"}` for each
+    asset filled. Longer gaps, and periods before an asset's first or after its last price, stay missing."""
+    out, filled = prices.copy(), {}
+    for asset in out.columns:
+        s = out[asset]
+        first, last = s.first_valid_index(), s.last_valid_index()
+        if first is None:
+            continue
+        life = s.loc[first:last]
+        done = []
+        for a, b, n in _runs(life.isna()):
+            if n <= max_fill:
+                out.loc[a:b, asset] = life.loc[:a].dropna().iloc[-1]
+                done += list(life.loc[a:b].index)
+        if done:
+            shown = ", ".join(f"{t:%Y-%m-%d %H:%M}".replace(" 00:00", "") for t in done[:3]) + (", ..." if len(done) > 3 else "")
+            filled[asset] = f"{len(done)} price(s) forward-filled ({shown})"
+    return out, filled

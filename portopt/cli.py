@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,19 +16,56 @@ import pandas as pd
 import typer
 
 from .backtest import BENCHMARK, benchmark_name, compare, metrics_table
-from .clean import clean_prices, returns, to_utc, to_wide, validate_prices
+from .clean import Frequency, check_missing, clean_prices, fill_gaps, resolve_frequency, returns, to_utc, to_wide, validate_prices
 from .collect.solana import run_collect_job
 from .config import ConfigError, PortoptError
 from .data import DATASETS, load_market_caps, load_prices, load_volumes, read_price_file
-from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES, STRATEGIES, Constraints, estimation_window, optimize
+from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES, STRATEGIES, Constraints, estimation_window, load_views, optimize
 from .reports import run_report
 from .store import open_store
 
 # %% auto #0
-__all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt',
-           'collect_app', 'ConfigFileOpt', 'supabase_app', 'run', 'optimize_', 'backtest_', 'import_', 'data_',
-           'reallocate_', 'collect_market_', 'collect_solana_', 'listen', 'schedule', 'supabase_up', 'supabase_env',
-           'supabase_down', 'supabase_migrate', 'main', 'sweep_']
+__all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt', 'SourceOpt',
+           'MissingOpt', 'ViewsOpt', 'MaxFillOpt', 'collect_app', 'ConfigFileOpt', 'supabase_app', 'Loaded', 'run',
+           'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'collect_market_', 'collect_solana_', 'listen',
+           'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate', 'main', 'sweep_']
+
+# %% ../nbs/90_cli.ipynb #8ed55e42
+from .config import UsageError, name_list, nonnegative, one_line, parse_date, positive, positive_int
+
+def _checked(fn, name: str):
+    "A typer callback: `fn(value, name)` (a validator of `portopt.config`) raises `UsageError` for a bad value; the value is kept."
+    def callback(value):
+        if value is not None:
+            fn(value, name)
+        return value
+    return callback
+
+def _one_of(table, name: str, many: bool = False):
+    "A typer callback: the value (or each comma-separated value, with `many`) is a name, or a code, of `table`."
+    def callback(value):
+        if value is None:
+            return value
+        known = list(table) + (list(table.values()) if isinstance(table, dict) and all(isinstance(v, str) for v in table.values()) else [])
+        for v in (name_list(value, name) if many else [str(value).strip()]):
+            if v not in known:
+                raise UsageError(f"{name} {v!r}: choose one of {', '.join(table)}")
+        return value
+    return callback
+
+def _numbers_each(fn, name: str, names=()):
+    "A typer callback for a comma-separated list of numbers (or `names`), each checked with `fn`."
+    def callback(value):
+        if value is not None:
+            for v in name_list(value, name):
+                if v not in names:
+                    fn(v, name)
+        return value
+    return callback
+
+def _periods(name: str):
+    "A typer callback for a rebalance period: a whole number ≥ 1, or weekly / monthly."
+    return _numbers_each(positive_int, name, names=("weekly", "monthly"))
 
 # %% ../nbs/90_cli.ipynb #a995731d
 app = typer.Typer(help="portopt: collect, clean, store, optimize and backtest portfolios; reports as notebooks.",
@@ -36,10 +74,10 @@ app = typer.Typer(help="portopt: collect, clean, store, optimize and backtest po
 StoreOpt = Annotated[Optional[Path], typer.Option(help="SQLite store file (default: $PORTOPT_STORE or data/portopt.sqlite).")]
 DatasetOpt = Annotated[Optional[str], typer.Option(help=f"A bundled dataset: {', '.join(DATASETS)}.")]
 PricesOpt = Annotated[Optional[Path], typer.Option("--prices", help="Your price file (CoinGecko, long OHLCV or wide; CSV or Parquet).")]
-AssetsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated assets to use (default: all in the data).")]
-StrategyOpt = Annotated[str, typer.Option(help=f"One of: {', '.join(STRATEGIES)}.")]
-AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", help="Use only data stamped at or before this UTC date.")]
-PPYOpt = Annotated[int, typer.Option(help="Periods per year for annualizing: 365 for crypto, 252 for equities.")]
+AssetsOpt = Annotated[Optional[str], typer.Option(callback=_checked(name_list, "--assets"), help="Comma-separated assets to use (default: all in the data).")]
+StrategyOpt = Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategy"), help=f"One of: {', '.join(STRATEGIES)}.")]
+AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", callback=_checked(parse_date, "--as-of"), help="Use only data stamped at or before this UTC date.")]
+PPYOpt = Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--periods-per-year"), help="Periods per year for annualizing (8760 hourly 24/7, 365 daily 24/7, 252 weekday sessions, 52, 12); default: inferred from the data and printed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 def _split(s: str | None) -> list[str] | None:
@@ -70,15 +108,124 @@ def _echo_table(frame: pd.DataFrame) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         typer.echo(frame.to_string())
 
+# %% ../nbs/90_cli.ipynb #d4c1e7a2
+SourceOpt = Annotated[Optional[str], typer.Option("--source", help="Prices from the store by source name (see `portopt data`); 'a,b': several, the first named wins where both have a price.")]
+MissingOpt = Annotated[str, typer.Option("--missing", help="A missing price in a window: exclude (the asset, said under the table), ffill (carry the last price over gaps of at most --max-fill periods), raise.")]
+ViewsOpt = Annotated[Optional[Path], typer.Option("--views", help="YAML file of Black-Litterman views (asset or long/short pair, return, confidence), for --strategy black_litterman.")]
+MaxFillOpt = Annotated[Optional[int], typer.Option("--max-fill", help="With --missing ffill: the longest gap, in periods, to carry a price over.")]
+
+@dataclass
+class Loaded:
+    "The prices a command works on, and what was done to them (all of it printed and in the JSON)."
+    prices: pd.DataFrame   # timestamp (UTC) × assets, quote currency
+    frequency: Frequency   # periods per year used, inferred or given
+    origin: str            # "dataset coingecko-daily", "file prices.csv", "source binance"
+    filled: dict           # asset -> what --missing ffill filled
+    sources: dict          # asset -> the source(s) its prices came from (with --source)
+
+    def to_dict(self) -> dict:
+        return dict(origin=self.origin, frequency=self.frequency.to_dict(), filled=self.filled, sources=self.sources)
+
+def _from_sources(names: list[str], assets: list[str] | None, as_of, store) -> tuple[pd.DataFrame, dict]:
+    "Wide close prices from stored sources, the first named winning where two have a price; asset -> sources used."
+    with open_store(store) as st:
+        coverage = st.price_coverage()
+        known = sorted(coverage["source"].unique()) if len(coverage) else []
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"no prices from source(s) {unknown} in the store {st.path}; stored sources: {known or 'none'} "
+                              "(portopt import FILE --source NAME adds one)")
+        frames = [st.read_prices(assets, end=as_of, source=n) for n in names]
+    wide, used = frames[0], {a: [names[0]] for a in frames[0].columns}
+    for name, f in zip(names[1:], frames[1:]):
+        for a in f.columns:
+            if a not in wide.columns or wide[a].reindex(f.index).isna().any():
+                used.setdefault(a, []).append(name)
+        wide = wide.combine_first(f)  # the earlier source wins where both have a price
+    if assets:
+        absent = [a for a in assets if a not in wide.columns]
+        if absent:
+            raise ConfigError(f"no prices for {absent} from source(s) {names}; they have {sorted(wide.columns)}")
+        wide = wide[assets]
+    if wide.empty:
+        raise ConfigError(f"no prices from source(s) {names}" + (f" up to {as_of}" if as_of else ""))
+    return wide, {a: " > ".join(s) for a, s in used.items() if a in wide.columns}
+
+def _load(dataset: str | None, prices: Path | None, source: str | None, assets: list[str] | None, as_of: str | None,
+          periods_per_year: int | None, missing: str = "exclude", max_fill: int | None = None, store: Path | None = None) -> Loaded:
+    """The cleaned wide price frame from exactly one of `--dataset`, `--prices` and `--source`, its frequency and
+    the gaps filled. Missing prices are never filled unless `--missing ffill` asks (then at most `--max-fill`)."""
+    if sum(x is not None for x in (dataset, prices, source)) != 1:
+        raise ConfigError("give exactly one of --dataset NAME, --prices PATH and --source NAME (a source in the store)")
+    fill = check_missing(missing, max_fill)
+    sources: dict = {}
+    if dataset is not None:
+        wide, origin = load_prices(dataset, assets=assets, end=as_of), f"dataset {dataset}"
+    elif source is not None:
+        names = _split(source) or []
+        wide, sources = _from_sources(names, assets, as_of, store)
+        origin = f"source {' > '.join(names)}"
+    else:
+        long, _ = read_price_file(prices)
+        wide, origin = to_wide(long), f"file {prices}"
+        if assets:
+            unknown = [a for a in assets if a not in wide.columns]
+            if unknown:
+                raise ConfigError(f"{prices}: no asset(s) {unknown}; the file has {sorted(wide.columns)}")
+            wide = wide[assets]
+        if as_of is not None:
+            wide = wide[wide.index <= to_utc(as_of)]
+    frequency = resolve_frequency(wide.index, periods_per_year)
+    if frequency.label == "daily bars":  # calendar-daily data on one daily calendar; nothing filled here
+        wide = clean_prices(wide, max_fill=0).prices
+    else:
+        wide = validate_prices(wide)
+    filled = {}
+    if fill:
+        wide, filled = fill_gaps(wide, fill)
+    return Loaded(wide, frequency, origin, filled, sources)
+
+def _excluded_from_log(log: pd.DataFrame | None) -> dict:
+    "asset -> (decisions it was left out of, the last reason) from a backtest log's 'excluded' rows."
+    out: dict = {}
+    if log is None or log.empty:
+        return out
+    for detail in log.loc[log["event"] == "excluded", "detail"]:
+        for part in detail.split("; "):
+            asset, _, why = part.partition(": ")
+            n, _ = out.get(asset, (0, ""))
+            out[asset] = (n + 1, why)
+    return out
+
+def _notes(loaded: Loaded, excluded: dict | None = None) -> str:
+    "The lines under a table: data origin and frequency, sources, fills and exclusions."
+    lines = [f"data: {loaded.origin}, {loaded.prices.shape[1]} assets, {loaded.prices.index[0]:%Y-%m-%d} to "
+             f"{loaded.prices.index[-1]:%Y-%m-%d}; frequency: {loaded.frequency.describe()}"]
+    if len(set(loaded.sources.values())) > 1:
+        lines.append("sources (first wins): " + ", ".join(f"{a} {s}" for a, s in loaded.sources.items()))
+    if loaded.filled:
+        lines.append("filled (--missing ffill): " + "; ".join(f"{a}: {w}" for a, w in loaded.filled.items()))
+    if excluded is not None:
+        lines.append("excluded: " + ("; ".join(f"{a} ({w})" for a, w in excluded.items()) if excluded else "none"))
+    return "\n".join(lines)
+
+def _views(path: Path | None, strategy: str) -> dict:
+    "`{'views': [...]}` from a views file for black_litterman; a views file with another strategy is an error."
+    if path is None:
+        return {}
+    if strategy != "black_litterman":
+        raise ConfigError(f"--views applies to --strategy black_litterman, not {strategy}")
+    return {"views": load_views(path)}
+
 # %% ../nbs/90_cli.ipynb #e3f170c1
 @app.command()
 def run(assets: AssetsOpt = None,
-        strategies: Annotated[Optional[str], typer.Option(help="Comma-separated strategies (default: the report's).")] = None,
-        window: Annotated[Optional[int], typer.Option(help="Periods per estimation window.")] = None,
-        rebalance_every: Annotated[Optional[int], typer.Option(help="Periods between rebalances.")] = None,
-        start: Annotated[Optional[str], typer.Option(help="First date of the backtest.")] = None,
+        strategies: Annotated[Optional[str], typer.Option(callback=_one_of(STRATEGIES, "--strategies", many=True), help="Comma-separated strategies (default: the report's).")] = None,
+        window: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--window"), help="Periods per estimation window.")] = None,
+        rebalance_every: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--rebalance-every"), help="Periods between rebalances.")] = None,
+        start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date of the backtest.")] = None,
         as_of: AsOfOpt = None,
-        fee_bps: Annotated[Optional[float], typer.Option(help="Cost per unit of turnover, basis points.")] = None,
+        fee_bps: Annotated[Optional[float], typer.Option(callback=_checked(nonnegative, "--fee-bps"), help="Cost per unit of turnover, basis points.")] = None,
         report: Annotated[str, typer.Option(help="Report notebook in reports/ to run.")] = "portfolio",
         store: StoreOpt = None):
     "The main job: load the bundled data if absent, run the report notebook, print the metrics and the report's paths."
@@ -94,58 +241,70 @@ def run(assets: AssetsOpt = None,
     typer.echo(f"\nreport:   {done.html}\nnotebook: {done.notebook}\nrun id:   {done.run_id}")
 
 @app.command("optimize")
-def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, strategy: StrategyOpt = "max_sharpe",
+def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceOpt = None, strategy: StrategyOpt = "max_sharpe",
               assets: AssetsOpt = None,
-              window: Annotated[Optional[int], typer.Option(help="Periods of returns (default: the longest span all assets share).")] = None,
-              as_of: AsOfOpt = None, periods_per_year: PPYOpt = 365,
-              risk_measure: Annotated[Optional[str], typer.Option(help=f"For min_risk, max_ratio, utility, risk_parity, hrp/herc/nco: {', '.join(RISK_MEASURES)}.")] = None,
-              mu: Annotated[str, typer.Option(help=f"Expected-return estimator: {', '.join(MU_ESTIMATORS)}.")] = "historical",
-              cov: Annotated[str, typer.Option(help=f"Covariance estimator: {', '.join(COV_ESTIMATORS)}.")] = "sample",
-              risk_aversion: Annotated[float, typer.Option(help="λ of the utility strategy.")] = 2.0,
-              fraction: Annotated[float, typer.Option(help="Kelly fraction: 1 (full), 0.5 (half), 0.25 (quarter).")] = 1.0,
+              window: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--window"), help="Periods of returns (default: the longest span all assets share).")] = None,
+              as_of: AsOfOpt = None, periods_per_year: PPYOpt = None, missing: MissingOpt = "exclude", max_fill: MaxFillOpt = None,
+              risk_measure: Annotated[Optional[str], typer.Option(callback=_one_of(RISK_MEASURES, "--risk-measure"), help=f"For min_risk, max_ratio, utility, risk_parity, hrp/herc/nco: {', '.join(RISK_MEASURES)}.")] = None,
+              mu: Annotated[str, typer.Option(callback=_one_of(MU_ESTIMATORS, "--mu"), help=f"Expected-return estimator: {', '.join(MU_ESTIMATORS)}.")] = "historical",
+              cov: Annotated[str, typer.Option(callback=_one_of(COV_ESTIMATORS, "--cov"), help=f"Covariance estimator: {', '.join(COV_ESTIMATORS)}.")] = "sample",
+              risk_aversion: Annotated[float, typer.Option(callback=_checked(nonnegative, "--risk-aversion"), help="λ of the utility strategy.")] = 2.0,
+              fraction: Annotated[float, typer.Option(callback=_checked(positive, "--fraction"), help="Kelly fraction: 1 (full), 0.5 (half), 0.25 (quarter).")] = 1.0,
               constraints: Annotated[Optional[Path], typer.Option(help="YAML file of constraints (bounds, groups, max_weight, max_assets, ...).")] = None,
-              json_: JsonOpt = False):
+              views: ViewsOpt = None, store: StoreOpt = None, json_: JsonOpt = False):
     "Weights of a strategy on the latest window of returns."
-    r = returns(_prices(dataset, prices, _split(assets), as_of))
-    alloc = optimize(estimation_window(r, window), strategy, periods_per_year=periods_per_year, risk_measure=risk_measure,
-                     mu=mu, cov=cov, risk_aversion=risk_aversion, fraction=fraction,
-                     constraints=Constraints.from_yaml(constraints) if constraints else None)
+    data = _load(dataset, prices, source, _split(assets), as_of, periods_per_year, missing, max_fill, store)
+    r = returns(data.prices)
+    bl = _views(views, strategy)
+    alloc = optimize(estimation_window(r, window, missing=missing), strategy, periods_per_year=data.frequency.periods_per_year,
+                     risk_measure=risk_measure, mu=mu, cov=cov, risk_aversion=risk_aversion, fraction=fraction,
+                     constraints=Constraints.from_yaml(constraints) if constraints else None, **bl)
+    alloc.diagnostics["frequency"] = data.frequency.to_dict()  # read on the whole data, not only the window
+    if strategy == "black_litterman" and not bl.get("views"):
+        alloc.diagnostics["views"] = "none given: the posterior equals the prior (market-implied returns)"
+    excluded = alloc.diagnostics.get("excluded", {})
     if json_:
-        typer.echo(json.dumps(alloc.to_dict(), indent=2))
+        typer.echo(json.dumps(dict(alloc.to_dict(), frequency=data.frequency.to_dict(), excluded=excluded, data=data.to_dict()),
+                              indent=2, default=str))
         return
     _echo_table(pd.DataFrame({"weight": alloc.weights, "risk contribution": alloc.risk_contributions}).round(4))
     typer.echo(f"\n{strategy} on {alloc.n_periods} periods to {alloc.as_of:%Y-%m-%d}: expected return {alloc.expected_return:.1%}, "
                f"volatility {alloc.volatility:.1%} (annualized), Sharpe {alloc.sharpe:.2f}; {alloc.risk_measure} {alloc.risk:.4g}; "
                f"solver {alloc.diagnostics['solver']}")
+    typer.echo(_notes(data, excluded))
+    if "views" in alloc.diagnostics:
+        typer.echo(f"views: {alloc.diagnostics['views']}")
 
 @app.command("backtest")
-def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None,
-              strategy: Annotated[str, typer.Option(help=f"Strategy, or comma-separated strategies: {', '.join(STRATEGIES)}.")] = "max_sharpe",
+def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceOpt = None,
+              strategy: Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategy", many=True), help=f"Strategy, or comma-separated strategies: {', '.join(STRATEGIES)}.")] = "max_sharpe",
               assets: AssetsOpt = None,
-              window: Annotated[int, typer.Option(help="Periods of returns per optimization (the minimum with --expanding).")] = 180,
+              window: Annotated[int, typer.Option(callback=_checked(positive_int, "--window"), help="Periods of returns per optimization (the minimum with --expanding).")] = 180,
               expanding: Annotated[bool, typer.Option(help="Estimate on all history before each rebalance, not a rolling window.")] = False,
-              rebalance_every: Annotated[str, typer.Option(help="Periods between rebalances, or 'weekly' / 'monthly' (first period of each).")] = "30",
-              band: Annotated[Optional[float], typer.Option(help="Drift band (fraction of weight, e.g. 0.05): trade only when a weight is further than this from its target.")] = None,
-              fee_bps: Annotated[float, typer.Option(help="Fee per traded value, basis points.")] = 10.0,
-              slippage_bps: Annotated[float, typer.Option(help="Slippage per traded value, basis points.")] = 0.0,
-              impact_coefficient: Annotated[float, typer.Option(help="Square-root market impact (Y; 0: none), with --dataset volumes.")] = 0.0,
-              capital: Annotated[float, typer.Option(help="Starting portfolio value, quote currency (NAV and market impact).")] = 1e6,
-              start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
+              rebalance_every: Annotated[str, typer.Option(callback=_periods("--rebalance-every"), help="Periods between rebalances, or 'weekly' / 'monthly' (first period of each).")] = "30",
+              band: Annotated[Optional[float], typer.Option(callback=_checked(nonnegative, "--band"), help="Drift band (fraction of weight, e.g. 0.05): trade only when a weight is further than this from its target.")] = None,
+              fee_bps: Annotated[float, typer.Option(callback=_checked(nonnegative, "--fee-bps"), help="Fee per traded value, basis points.")] = 10.0,
+              slippage_bps: Annotated[float, typer.Option(callback=_checked(nonnegative, "--slippage-bps"), help="Slippage per traded value, basis points.")] = 0.0,
+              impact_coefficient: Annotated[float, typer.Option(callback=_checked(nonnegative, "--impact-coefficient"), help="Square-root market impact (Y; 0: none), with --dataset volumes.")] = 0.0,
+              capital: Annotated[float, typer.Option(callback=_checked(positive, "--capital"), help="Starting portfolio value, quote currency (NAV and market impact).")] = 1e6,
+              start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date to trade (default: after the first full window).")] = None,
               cash: Annotated[Optional[str], typer.Option(help="Cash asset: a column such as USDC, or a name for cash that earns 0; never optimized.")] = None,
-              max_weight: Annotated[Optional[float], typer.Option(help="Position cap per asset (fraction); the excess goes to the others, then cash.")] = None,
-              drawdown_limit: Annotated[Optional[float], typer.Option(help="Circuit breaker: all to cash beyond this drawdown (fraction); re-enter at a rebalance after --cooldown periods.")] = None,
-              cooldown: Annotated[int, typer.Option(help="Periods in cash before the circuit breaker may re-enter.")] = 30,
-              on_failure: Annotated[str, typer.Option(help="A failed optimization: 'hold' the current weights, fall back to 'equal_weight', or 'raise'.")] = "hold",
-              risk_measure: Annotated[Optional[str], typer.Option(help=f"Risk measure for the strategies that take one: {', '.join(RISK_MEASURES)}.")] = None,
+              max_weight: Annotated[Optional[float], typer.Option(callback=_checked(positive, "--max-weight"), help="Position cap per asset (fraction); the excess goes to the others, then cash.")] = None,
+              drawdown_limit: Annotated[Optional[float], typer.Option(callback=_checked(positive, "--drawdown-limit"), help="Circuit breaker: all to cash beyond this drawdown (fraction); re-enter at a rebalance after --cooldown periods.")] = None,
+              cooldown: Annotated[int, typer.Option(callback=_checked(nonnegative, "--cooldown"), help="Periods in cash before the circuit breaker may re-enter.")] = 30,
+              on_failure: Annotated[str, typer.Option(callback=_one_of(("hold", "equal_weight", "raise"), "--on-failure"), help="A failed optimization: 'hold' the current weights, fall back to 'equal_weight', or 'raise'.")] = "hold",
+              risk_measure: Annotated[Optional[str], typer.Option(callback=_one_of(RISK_MEASURES, "--risk-measure"), help=f"Risk measure for the strategies that take one: {', '.join(RISK_MEASURES)}.")] = None,
               benchmarks: Annotated[str, typer.Option(help="Comma-separated benchmarks: equal_weight, buy_and_hold, market_cap (with --dataset), asset:<name>; 'none' for none.")] = "equal_weight",
-              as_of: AsOfOpt = None, periods_per_year: PPYOpt = 365, store: StoreOpt = None,
+              as_of: AsOfOpt = None, periods_per_year: PPYOpt = None, missing: MissingOpt = "exclude", max_fill: MaxFillOpt = None,
+              store: StoreOpt = None,
               save: Annotated[bool, typer.Option(help="Record every result in the store's backtests: the trial registry that deflates the Sharpe ratio.")] = True,
               json_: JsonOpt = False):
     """Walk-forward backtest of one or more strategies against benchmarks, through the same engine.
 
     Prints the metrics with 95 % bootstrap intervals (Sharpe, annualized return), the probabilistic Sharpe ratio and the deflated Sharpe ratio, whose number of trials is every configuration recorded on the same data in the store."""
     from portopt.sweep import data_hash, deflated_sharpe, record, trials
-    p = _prices(dataset, prices, _split(assets), as_of)
+    data = _load(dataset, prices, source, _split(assets), as_of, periods_per_year, missing, max_fill, store)
+    p = data.prices
     every = int(rebalance_every) if rebalance_every.strip().isdigit() else rebalance_every.strip()
     volumes = caps = None
     bench = [] if benchmarks.strip().lower() == "none" else _split(benchmarks)
@@ -156,7 +315,7 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None,
         caps = load_market_caps(dataset, assets=list(p.columns)) if "market_cap" in bench else None
     options = dict(window=window, expanding=expanding, rebalance_every=every, band=band, fee_bps=fee_bps, slippage_bps=slippage_bps,
                    impact_coefficient=impact_coefficient, capital=capital, start=start, cash=cash, max_weight=max_weight,
-                   drawdown_limit=drawdown_limit, cooldown=cooldown, on_failure=on_failure,
+                   drawdown_limit=drawdown_limit, cooldown=cooldown, on_failure=on_failure, missing=missing,
                    params={"risk_measure": risk_measure} if risk_measure else {})
     results = compare(p, _split(strategy), periods_per_year=periods_per_year, benchmarks=bench, progress=not json_,
                       volumes=volumes, market_caps=caps, **options)
@@ -170,10 +329,13 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None,
         for name, res in results.items():
             deflated = deflated_sharpe(st, res, dh, registry)
             rows[name] = dict(res.summary(n_trials=deflated["n_trials"], sharpe_variance=deflated["sharpe_variance"]))
+    excluded = {k: {a: f"left out of {n} decision(s), last: {w}" for a, (n, w) in _excluded_from_log(v.log).items()}
+                for k, v in results.items()}
     if json_:
         first = _split(strategy)[0]
-        out = dict(results[first].to_dict(), summary=rows[first], data_hash=dh,
-                   results={k: dict(strategy=v.strategy, metrics=rows[k], returns=v.to_dict()["returns"]) for k, v in results.items()})
+        out = dict(results[first].to_dict(), summary=rows[first], data_hash=dh, frequency=data.frequency.to_dict(),
+                   data=data.to_dict(), excluded=excluded,  # every strategy's and benchmark's full result, trades, weights and log
+                   results={k: dict(v.to_dict(), metrics=rows[k], excluded=excluded[k]) for k, v in results.items()})
         if bench:
             b = benchmark_name(bench[0])
             out["benchmark"] = dict(strategy=b, metrics=rows[b], returns=out["results"][b]["returns"])
@@ -185,6 +347,10 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None,
     _echo_table(table[[c for c in cols if c in table]].astype(float).round(4))
     typer.echo(f"\nintervals: 95 % stationary block bootstrap; dsr: deflated Sharpe over {deflated['n_trials']} configuration(s) "
                f"recorded on this data{'' if save else ' (this run not recorded: --no-save)'}")
+    typer.echo(_notes(data))
+    for k, ex in excluded.items():
+        if ex:
+            typer.echo(f"excluded in {k}: " + "; ".join(f"{a} {w}" for a, w in ex.items()))
 
 # %% ../nbs/90_cli.ipynb #3b41483d
 from .data import LAYOUTS, frequency_label, import_files
@@ -194,9 +360,13 @@ def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, C
             asset: Annotated[Optional[str], typer.Option(help="Asset of a one-asset file (default: from a pair in the file name, e.g. SOLUSDT.csv → SOL).")] = None,
             source: Annotated[Optional[str], typer.Option(help="Source name stored with every price (default: the format's name, e.g. binance, bybit, ccxt, yahoo, coingecko; file:<name> for a generic layout).")] = None,
             allow_jumps: Annotated[bool, typer.Option("--allow-jumps", help="Accept a close more than ×1000 (or under ÷1000) the previous one.")] = False,
-            store: StoreOpt = None):
+            store: StoreOpt = None,
+            allow_dates: Annotated[bool, typer.Option("--allow-dates", help="Accept timestamps outside the years 1900–2200 (refused by default as typos).")] = False):
     """Validate price files of the known layouts and load them all into the store in one transaction (re-importing
     changes nothing). Layouts: """ + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
+    if allow_dates:
+        import os
+        os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
     files, batches, notes = import_files(paths, asset, source, allow_jumps)
     with open_store(store) as st:
         results = st.write_prices_many([(frame, src) for src, frame in batches.items()])
@@ -395,20 +565,61 @@ def supabase_migrate(db_url: Annotated[Optional[str], typer.Option(envvar="SUPAB
 
 
 # %% ../nbs/90_cli.ipynb #ef40fd27
+# typer 0.29 parses with its own vendored copy of click (`typer._click`): its exceptions are not `click`'s, so
+# both families are caught here; catching only `click.ClickException` let every usage error escape as a traceback.
+try:
+    from typer._click import exceptions as _typer_click
+except ImportError:  # a typer that uses click itself
+    _typer_click = click.exceptions
+_USAGE = tuple({click.UsageError, _typer_click.UsageError})
+_CLICK = tuple({click.ClickException, _typer_click.ClickException})
+_ABORT = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
+_EXIT = tuple({click.exceptions.Exit, getattr(typer, "Exit", click.exceptions.Exit)})
+_NO_ARGS = tuple(c for c in (getattr(click.exceptions, "NoArgsIsHelpError", None), getattr(_typer_click, "NoArgsIsHelpError", None)) if c)
+
+def _usage_error(e) -> int:
+    "One `error:` line naming what is wrong, then the usage hint; exit status 2."
+    ctx = getattr(e, "ctx", None)
+    typer.echo(f"error: {one_line(e.format_message())}", err=True)
+    if ctx is not None:
+        typer.echo(f"{ctx.get_usage()}\nTry '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
+    else:
+        typer.echo("Try 'portopt --help' for help.", err=True)
+    return 2
+
 def main(argv: list[str] | None = None) -> int:
-    "Run the `portopt` command; a `PortoptError` becomes one `error:` line and exit status 1."
+    """Run the `portopt` command. A `PortoptError` becomes one `error:` line and exit status 1; a usage error
+    (unknown option, missing argument, a value of the wrong type) one `error:` line, the usage hint and status 2."""
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="portopt", standalone_mode=False)
     except PortoptError as e:
-        typer.echo(f"error: {' '.join(str(e).split())}", err=True)
-        return 1
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
+        typer.echo(f"error: {one_line(e)}", err=True)   # redacted, one line, at most PORTOPT limits' max_error characters
+        return getattr(e, "exit_code", 1)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted (Ctrl-C); every write is one transaction, so the store holds nothing of this command", err=True)
         return 130
+    except _NO_ARGS as e:  # `portopt` or a group alone: its help, as asked for by no_args_is_help
+        typer.echo(e.ctx.get_help() if getattr(e, "ctx", None) else str(e))
+        return 0
+    except _USAGE as e:
+        return _usage_error(e)
+    except _CLICK as e:
+        typer.echo(f"error: {one_line(e.format_message())}", err=True)
+        return e.exit_code
+    except _ABORT:   # Ctrl-C, as click (or typer's vendored click) reports it
+        typer.echo("error: interrupted (Ctrl-C); every write is one transaction, so the store holds nothing of this command", err=True)
+        return 130
+    except _EXIT as e:
+        return e.exit_code
+    except Exception as e:   # never a traceback: one line (PORTOPT_DEBUG=1 shows the traceback)
+        import os
+        if os.environ.get("PORTOPT_DEBUG"):
+            raise
+        typer.echo(f"error: {one_line(f'{type(e).__name__}: {e}', 240)} (unexpected: please report it; PORTOPT_DEBUG=1 shows where)", err=True)
+        return 1
+    if rv == 130:   # typer turns Ctrl-C into Exit(130), silently
+        typer.echo("error: interrupted (Ctrl-C); every write is one transaction, so the store holds nothing of this command", err=True)
     return rv if isinstance(rv, int) else 0
 
 # %% ../nbs/90_cli.ipynb #5a733cbf
@@ -425,16 +636,16 @@ def _numbers(option: str, text: str | None, kind=int, names=()) -> list | None:
                           f"e.g. {'90,180' if kind is int else '0,10'}") from None
 
 @app.command("sweep")
-def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, assets: AssetsOpt = None,
-           strategies: Annotated[str, typer.Option(help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
-           window: Annotated[str, typer.Option(help="Comma-separated estimation windows, periods of returns.")] = "180",
-           rebalance_every: Annotated[str, typer.Option(help="Comma-separated periods between rebalances, or weekly, monthly.")] = "30",
-           fee_bps: Annotated[str, typer.Option(help="Comma-separated costs per unit of turnover, basis points.")] = "10",
-           risk_measure: Annotated[Optional[str], typer.Option(help=f"Comma-separated risk measures (names or riskfolio-lib codes such as MV, CVaR): {', '.join(RISK_MEASURES)}.")] = None,
-           start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
-           as_of: AsOfOpt = None, periods_per_year: PPYOpt = 365,
+def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceOpt = None, assets: AssetsOpt = None,
+           strategies: Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategies", many=True), help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
+           window: Annotated[str, typer.Option(callback=_numbers_each(positive_int, "--window"), help="Comma-separated estimation windows, periods of returns.")] = "180",
+           rebalance_every: Annotated[str, typer.Option(callback=_periods("--rebalance-every"), help="Comma-separated periods between rebalances, or weekly, monthly.")] = "30",
+           fee_bps: Annotated[str, typer.Option(callback=_numbers_each(nonnegative, "--fee-bps"), help="Comma-separated costs per unit of turnover, basis points.")] = "10",
+           risk_measure: Annotated[Optional[str], typer.Option(callback=_one_of(RISK_MEASURES, "--risk-measure", many=True), help=f"Comma-separated risk measures (names or riskfolio-lib codes such as MV, CVaR): {', '.join(RISK_MEASURES)}.")] = None,
+           start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date to trade (default: after the first full window).")] = None,
+           as_of: AsOfOpt = None, periods_per_year: PPYOpt = None, missing: MissingOpt = "exclude", max_fill: MaxFillOpt = None,
            scheduler: Annotated[Optional[str], typer.Option(help="Address of a Dask scheduler (tcp://host:8786) whose workers have portopt; default: a local cluster on this machine's cores.")] = None,
-           workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes of the local cluster (default: one per core, at most one per backtest to run).")] = None,
+           workers: Annotated[Optional[int], typer.Option("--workers", callback=_checked(positive_int, "--workers"), help="Worker processes of the local cluster (default: one per core, at most one per backtest to run).")] = None,
            store: StoreOpt = None, json_: JsonOpt = False):
     """Walk-forward backtests of every combination of the values given, in parallel on Dask, cached in the store.
 
@@ -457,23 +668,32 @@ def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, assets: AssetsO
         axes["risk_measure"] = _split(risk_measure)
     if start:
         axes["start"] = [start]
+    if missing != "exclude":
+        axes["missing"] = [missing]
+    data = _load(dataset, prices, source, _split(assets), as_of, periods_per_year, missing, max_fill, store)
     configs = grid(**axes)
-    p = _prices(dataset, prices, _split(assets), as_of)
+    p = data.prices
     with open_store(store) as st:
         res = sweep(p, configs, periods_per_year=periods_per_year, store=st, scheduler=scheduler, n_workers=workers,
                     progress=not json_)
         where = str(st.path)
     best = None if res.best is None else res.table[res.table["key"] == res.best].iloc[0]
+    excluded = {}
+    for v in res.results.values():
+        for a, (n, w) in _excluded_from_log(v.log).items():
+            excluded[a] = f"left out of decisions in some configurations, last: {w}"
     if json_:
         out = dict(data_hash=res.data_hash, store=where, hits=res.hits, misses=res.misses,
                    configs=json.loads(res.table.to_json(orient="records")),
-                   best=None if best is None else json.loads(best.to_json()), dsr=res.dsr)
-        typer.echo(json.dumps(out, indent=2))
+                   best=None if best is None else json.loads(best.to_json()), dsr=res.dsr,
+                   frequency=data.frequency.to_dict(), data=data.to_dict(), excluded=excluded)
+        typer.echo(json.dumps(out, indent=2, default=str))
         return
     shown = [c for c in res.table.columns if c not in ("key", "worker", "total_costs", "rebalances")]
     _echo_table(res.table[shown].round(4))
     typer.echo(f"\n{len(res.table)} configuration(s) on {p.shape[1]} assets, {p.index[0]:%Y-%m-%d} to {p.index[-1]:%Y-%m-%d}: "
                f"{res.hits} from the cache, {res.misses} run; store {where}")
+    typer.echo(_notes(data, excluded))
     if best is not None:
         axes_shown = ", ".join(f"{k}={best[k]}" for k in axes if k in best.index)
         d = res.dsr

@@ -17,7 +17,7 @@ import pandas as pd
 from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
 from .clean import clean_prices, returns, to_utc
-from .config import ConfigError, DataError, PortoptError, StoreError, get_settings
+from .config import ConfigError, DataError, PortoptError, StoreError, get_settings, redact
 from .optimize import STRATEGIES, estimation_window, optimize
 from .reallocate import ReallocationSettings, read_recent_prices, reallocate_portfolio
 from .store import Store, to_iso
@@ -114,7 +114,7 @@ def post_webhook(url: str, alert: Alert | dict, timeout: float = 10.0, attempts:
                 r.raise_for_status()
                 return r.status_code
     except httpx.HTTPError as e:
-        raise StoreError(f"webhook {url} refused the alert after {attempts} attempts: {e}") from e
+        raise StoreError(redact(f"webhook {url} refused the alert after {attempts} attempts: {e}")) from None
 
 def raise_alerts(store: Store, alerts: list[Alert], webhook: str | None = None) -> list[int]:
     """Write each alert that is not already open (same portfolio and kind) to `alerts`; POST the new ones to
@@ -147,7 +147,10 @@ class Rebalance:
 def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = None, webhook: str | None = None) -> Rebalance:
     """Re-optimize `portfolio` on prices known at `as_of` (default: all), store the weights and the reallocation
     decision, raise alerts. Idempotent: the same data gives the same rows. Raises `ConfigError` when the portfolio
-    names no assets and holds none, `StoreError` for an unknown portfolio, `OptimizationError` when solvers fail."""
+    names no assets and holds none, `StoreError` for an unknown portfolio, `OptimizationError` when solvers fail.
+    `webhook`: where new alerts are POSTed (default `$PORTOPT_WEBHOOK`: a secret, so it comes by environment)."""
+    import os
+    webhook = webhook or os.environ.get("PORTOPT_WEBHOOK") or None
     s = portfolio_settings(store, portfolio)
     units = store.read_holdings(portfolio, as_of=as_of)
     assets = list(s["assets"] or units.index)
@@ -281,6 +284,8 @@ class Listener:
         from portopt.supabase import SupabaseStore
         self.store, self.papermill, self.poll_interval = store, papermill, poll_interval
         self.attempts, self.backoff, self.webhook = attempts, backoff, webhook
+        if webhook:   # the notebooks' kernels inherit it: a secret reaches them by environment, never as a parameter
+            os.environ["PORTOPT_WEBHOOK"] = webhook
         self.reports_dir, self.runs_dir = reports_dir, runs_dir
         self.db_url = db_url or (os.environ.get("SUPABASE_DB_URL") if isinstance(store, SupabaseStore) else None)
         if isinstance(store, SupabaseStore) and not self.db_url:
@@ -295,7 +300,7 @@ class Listener:
     # -- handlers ----------------------------------------------------------------------------
     def rebalance_portfolio(self, portfolio: str, as_of=None) -> str:
         "Rebalance one portfolio, through papermill or directly; either way a row in `runs` (trigger `event`). Returns its id."
-        params = {"portfolio": portfolio, "as_of": as_of, "webhook": self.webhook}
+        params = {"portfolio": portfolio, "as_of": as_of}   # the webhook is a secret: by environment, never a parameter
         if self.papermill:
             from portopt.reports import run_report
             km = None if self.kernel is None else self.kernel.ready()
@@ -305,7 +310,7 @@ class Listener:
         try:
             rebalance(self.store, portfolio, as_of=as_of, run_id=run_id, webhook=self.webhook)
         except Exception as e:
-            self.store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:4000])
+            self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
             raise
         self.store.finish_run(run_id, "succeeded")
         return run_id
@@ -340,11 +345,11 @@ class Listener:
                     runs = handler(self, topic, event_id, payload)
             return Outcome(int(event_id), topic, "handled", attempts, runs=runs or [])
         except Exception as e:
-            error = f"{type(e).__name__}: {e}"
+            error = redact(f"{type(e).__name__}: {e}")
             log.warning("event %s (%s) failed after %d attempt(s): %s", event_id, topic, attempts, error)
             run_id = self.store.start_run(f"event:{topic}", {"event_id": int(event_id), "payload": payload,
                                                              "attempts": attempts}, trigger="event")
-            self.store.finish_run(run_id, "failed", error=(error + "\n" + traceback.format_exc(limit=5))[:4000])
+            self.store.finish_run(run_id, "failed", error=redact(error + "\n" + traceback.format_exc(limit=5))[:4000])
             return Outcome(int(event_id), topic, "failed", attempts, error, [run_id])
 
     # -- the queue -----------------------------------------------------------------------------

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .clean import to_utc
+from .clean import resolve_frequency, to_utc
 from .config import ConfigError, ConstraintError, DataError, OptimizationError
 
 # %% auto #0
-__all__ = ['RISK_MEASURES', 'MU_ESTIMATORS', 'COV_ESTIMATORS', 'STRATEGIES', 'SOLVERS', 'FALLBACKS', 'estimation_window',
-           'Constraints', 'Allocation', 'portfolio_stats', 'risk_value', 'risk_contributions',
-           'black_litterman_posterior', 'optimize', 'efficient_frontier', 'plot_frontier', 'plot_weights',
+__all__ = ['RISK_MEASURES', 'MU_ESTIMATORS', 'COV_ESTIMATORS', 'STRATEGIES', 'SOLVERS', 'SOLVER_LOG', 'SOLVER_PARAMS',
+           'FALLBACKS', 'missing_reasons', 'estimation_window', 'ConstraintsModel', 'Constraints', 'Allocation',
+           'portfolio_stats', 'risk_value', 'risk_contributions', 'black_litterman_posterior', 'View', 'load_views',
+           'solver_output', 'optimize', 'efficient_frontier', 'plot_frontier', 'plot_weights',
            'plot_risk_contributions']
 
 # %% ../nbs/20_optimize.ipynb #8d5b3bf1
@@ -64,12 +69,35 @@ def _code(table: dict, name: str, what: str) -> str:
     raise ConfigError(f"unknown {what} {name!r}; choose one of {list(table)}")
 
 # %% ../nbs/20_optimize.ipynb #c310cef3
+def _day(t) -> str:
+    t = pd.Timestamp(t)
+    return f"{t:%Y-%m-%d}" if (t.hour, t.minute) == (0, 0) else f"{t:%Y-%m-%d %H:%M}"
+
+def missing_reasons(window_returns: pd.DataFrame) -> dict:
+    """`{asset: reason}` for each asset with a missing return in `window_returns`, e.g.
+    `"2 missing returns in the window ending 2025-11-13"` or `"no returns in the window ending 2025-11-13"`."""
+    if window_returns.empty:
+        return {}
+    end, n = _day(window_returns.index[-1]), window_returns.isna().sum()
+    return {a: (f"no returns in the window ending {end}" if k == len(window_returns) else
+                f"{int(k)} missing return{'s' if k > 1 else ''} in the window ending {end}")
+            for a, k in n[n > 0].items()}
+
 def estimation_window(returns: pd.DataFrame, window: int | None = None, end=None,
-                      min_assets: int = 1) -> pd.DataFrame:
+                      min_assets: int = 1, missing: str = "exclude") -> pd.DataFrame:
     """The returns an optimization at `end` may see: rows strictly before `end` (default: all), the last
     `window` of them (default: the longest span in which every asset has returns), and only the assets
-    without a missing value there. Raises `ConfigError` when fewer than `min_assets` assets or 2 periods remain."""
+    without a missing value there.
+
+    `missing` ("exclude", "ffill", "raise"; see `portopt.clean.check_missing`): with "exclude" and "ffill"
+    (whose fill happens on prices, before returns) an asset with a missing return in the window is left out
+    and named, with its reason, in the returned frame's `attrs["excluded"]` (`optimize` copies it into
+    `Allocation.diagnostics`); with "raise" it is a `DataError`. Losing more than half of the assets is a
+    `DataError` that names them and why. Raises `ConfigError` when fewer than `min_assets` assets or 2 periods remain."""
+    if missing not in ("exclude", "ffill", "raise"):
+        raise ConfigError(f"missing={missing!r}: use one of ['exclude', 'ffill', 'raise']")
     r = returns if end is None else returns[returns.index < to_utc(end)]
+    asked = list(r.columns)
     if window is not None:
         if window < 2:
             raise ConfigError(f"window={window}: an estimation window needs at least 2 periods")
@@ -77,15 +105,75 @@ def estimation_window(returns: pd.DataFrame, window: int | None = None, end=None
         if len(r) < window:
             raise ConfigError(f"window={window} periods, but only {len(r)} are available before {end or 'the end'}; "
                               "shorten the window or start later")
+        excluded = missing_reasons(r)
         r = r.loc[:, r.notna().all()]
     else:
-        r = r.dropna(how="all", axis=1)
+        empty = [c for c in r.columns if r[c].isna().all()]
+        excluded = {c: "no returns in the data" for c in empty}
+        r = r.drop(columns=empty)
         start = max(r[c].first_valid_index() for c in r.columns) if r.shape[1] else None
-        r = r.loc[start:].dropna(axis=1) if start is not None else r
+        if start is not None:
+            excluded.update(missing_reasons(r.loc[start:]))
+            r = r.loc[start:].dropna(axis=1)
+    if excluded and missing == "raise":
+        raise DataError("missing returns (missing='raise'): " + "; ".join(f"{a}: {why}" for a, why in excluded.items())
+                        + "; fill them (--missing ffill --max-fill N), exclude them (--missing exclude) or choose another window")
+    if asked and len(excluded) > len(asked) / 2:
+        raise DataError(f"{len(excluded)} of the {len(asked)} assets asked for have missing returns, more than half: "
+                        + "; ".join(f"{a}: {why}" for a, why in list(excluded.items())[:5])
+                        + ("; ..." if len(excluded) > 5 else "")
+                        + "; choose a window where they trade, fill short gaps (--missing ffill --max-fill N) or ask for fewer assets")
     if r.shape[1] < min_assets or len(r) < 2:
         raise ConfigError(f"only {r.shape[1]} asset(s) with {len(r)} periods of complete returns before "
                           f"{end or 'the end'}; need {min_assets} asset(s) and 2 periods")
+    r = r.copy()
+    r.attrs["excluded"] = excluded
     return r
+
+# %% ../nbs/20_optimize.ipynb #4bc4c73e
+from typing import Annotated, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+_Num = Annotated[float, Field(allow_inf_nan=False)]
+_NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    assets: list[StrictStr]
+    min: Optional[_Num] = None
+    max: Optional[_Num] = None
+
+class ConstraintsModel(BaseModel):
+    "The shape of a constraints mapping (a YAML file): the fields of `Constraints`, typed; unknown keys refused."
+    model_config = ConfigDict(extra="forbid")
+    bounds: dict[StrictStr, tuple[_Num, _Num]] = {}
+    min_weight: _Num = 0.0
+    max_weight: _Num = 1.0
+    groups: dict[StrictStr, _Group] = {}
+    long_short: StrictBool = False
+    max_short: _NonNeg = 0.0
+    turnover: Optional[_NonNeg] = None
+    current_weights: Optional[dict[StrictStr, _Num]] = None
+    tracking_error: Optional[_NonNeg] = None
+    benchmark_weights: Optional[dict[StrictStr, _Num]] = None
+    max_assets: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    min_position: Optional[_NonNeg] = None
+    cash: Optional[StrictStr] = None
+    min_cash: _NonNeg = 0.0
+
+def _validate_constraints(d: dict) -> dict:
+    "`d` checked against `ConstraintsModel`; `ConfigError` naming the first bad key (e.g. `bounds.BTC`) and what it needs."
+    plain = {k: (v.to_dict() if isinstance(v, pd.Series) else v) for k, v in d.items()}
+    try:
+        ConstraintsModel.model_validate(plain)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        hint = {"bounds": "bounds are [low, high] per asset, e.g. BTC: [0.1, 0.5]",
+                "groups": "groups are {name: {assets: [...], min: x, max: y}}"}.get(str(err["loc"][0]), "")
+        raise ConfigError(f"constraint {loc}: {err['msg']} (got {err.get('input')!r:.60}){'; ' + hint if hint else ''}") from None
+    return d
 
 # %% ../nbs/20_optimize.ipynb #40333721
 @dataclass
@@ -109,10 +197,13 @@ class Constraints:
     @classmethod
     def from_mapping(cls, d: dict | None) -> "Constraints":
         "Build from a plain mapping with the field names (e.g. parsed YAML or JSON); unknown keys raise `ConfigError`."
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"constraints must be a mapping of names to values (bounds, max_weight, ...), not a {type(d).__name__}")
         d = dict(d or {})
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"unknown constraint(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        d = _validate_constraints(d)
         for key in ("current_weights", "benchmark_weights"):
             if isinstance(d.get(key), dict):
                 d[key] = pd.Series(d[key], dtype=float)
@@ -123,10 +214,29 @@ class Constraints:
     def from_yaml(cls, path) -> "Constraints":
         "Read constraints from a YAML file with the field names as keys."
         import yaml
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder; give a YAML file of constraints")
         try:
-            return cls.from_mapping(yaml.safe_load(Path(path).read_text()) or {})
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such constraints file") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+        if b"\x00" in text[:65536]:
+            raise ConfigError(f"{path}: binary content, not a YAML file of constraints")
+        try:
+            doc = yaml.safe_load(text.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; give a YAML file of constraints") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+        if doc is not None and not isinstance(doc, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping (bounds:, max_weight:, ...), not a {type(doc).__name__}")
+        try:
+            return cls.from_mapping(doc or {})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def limits(self, assets: list) -> tuple[pd.Series, pd.Series]:
         "Lower and upper weight bound of each asset."
@@ -359,6 +469,52 @@ def black_litterman_posterior(returns: pd.DataFrame, views: list[dict], *, perio
     post_cov = sigma + ts - ts @ P.T @ middle @ P @ ts
     return pd.Series(mu, index=assets), pd.DataFrame(post_cov, index=assets, columns=assets)
 
+# %% ../nbs/20_optimize.ipynb #e5b7c9d1
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+class View(BaseModel):
+    """One Black-Litterman view: on an `asset` (absolute) or on `long` minus `short` (relative); `return` an annual
+    fraction (0.30 = +30 % a year), `confidence` in (0, 1]."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    asset: str | None = None
+    long: str | None = None
+    short: str | None = None
+    return_: float = Field(alias="return", allow_inf_nan=False)
+    confidence: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.asset is None) == (self.long is None and self.short is None) or (self.long is None) != (self.short is None):
+            raise ValueError("give either asset, or long and short (a pair)")
+        return self
+
+    def as_dict(self) -> dict:
+        d = {"asset": self.asset} if self.asset else {"long": self.long, "short": self.short}
+        return dict(d, **{"return": self.return_, "confidence": self.confidence})
+
+def load_views(path) -> list[dict]:
+    """Black-Litterman views from a YAML file: a list (or a `views:` list) of `{asset, return, confidence}` or
+    `{long, short, return, confidence}`. Returns the dicts `optimize(..., views=)` takes. Raises `ConfigError`
+    naming the file, the view and the field for anything else."""
+    import yaml
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the views ({' '.join(str(e).split())[:200]})") from e
+    raw = raw.get("views") if isinstance(raw, dict) else raw
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{path}: expected a list of views, e.g. '- {{asset: SOL, return: 0.3, confidence: 0.6}}'")
+    out = []
+    for i, v in enumerate(raw, 1):
+        try:
+            out.append(View.model_validate(v).as_dict())
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "view"
+            raise ConfigError(f"{path}: view {i}: {where}: {err['msg']}") from None
+    return out
+
 # %% ../nbs/20_optimize.ipynb #23ce7c34
 def _check_weights(w, assets, long_short: bool = False) -> pd.Series | None:
     if w is None:
@@ -370,11 +526,46 @@ def _check_weights(w, assets, long_short: bool = False) -> pd.Series | None:
         w = w.clip(lower=0.0)
     return w / w.sum()
 
+SOLVER_LOG = logging.getLogger("portopt.solvers")  # what solvers print goes here, never to stdout
+
+@contextlib.contextmanager
+def solver_output():
+    """Capture everything written to standard output while solvers run, Python's `print` and C/C++ libraries
+    writing to file descriptor 1 (HiGHS prints its banner when an instance is created, SCIP its log), and send it
+    to the `portopt.solvers` logger at DEBUG. Yields a list that receives the captured text on exit. Keeps `--json`
+    output and report cells clean. The descriptor is process-wide: do not print from other threads meanwhile."""
+    captured: list[str] = []
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
+    except (OSError, ValueError, io.UnsupportedOperation):  # a StringIO or a notebook stream: fd 1 is the real one
+        fd = 1
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as tmp, contextlib.redirect_stdout(io.StringIO()) as py:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield captured
+        finally:
+            try:
+                sys.__stdout__.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            text = (py.getvalue() + tmp.read().decode("utf-8", "replace")).strip()
+            captured.append(text)
+            if text:
+                SOLVER_LOG.debug("%s", text)
+
+SOLVER_PARAMS = {"HIGHS": {"output_flag": False}, "SCIP": {"scip_params": {"display/verblevel": 0}}}  # quiet by option too
+
 def _quiet(fn, *args, **kw):
-    "Call a riskfolio-lib function with its prints and warnings captured; returns (result, what it printed)."
-    with contextlib.redirect_stdout(io.StringIO()) as out, warnings.catch_warnings():
+    "Call a riskfolio-lib function with its prints (Python and C level) and warnings captured; returns (result, what it printed)."
+    with solver_output() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fn(*args, **kw), out.getvalue().strip()
+        result = fn(*args, **kw)
+    return result, out[0]
 
 def _portfolio(returns, alpha, mu_method, cov_method, mu_params, cov_params, constraints, mu=None, cov=None):
     import riskfolio as rp
@@ -418,6 +609,7 @@ def _solve(returns, spec, params, c, solver):
     port = _portfolio(returns, params["alpha"], params["mu_method"], params["cov_method"], params["mu_params"],
                       params["cov_params"], c, mu=params.get("mu"), cov=params.get("cov"))
     port.solvers = [solver]
+    port.sol_params = {k: v for k, v in SOLVER_PARAMS.items() if k == solver}
     if kind == "risk_parity":
         b = params.get("budgets")
         b = None if b is None else b.reindex(returns.columns).to_frame().to_numpy()
@@ -453,7 +645,7 @@ def _max_sharpe_on_frontier(returns, params, c, solvers):
 FALLBACKS = {"max_sharpe": ("frontier search", _max_sharpe_on_frontier),
              "black_litterman": ("frontier search", _max_sharpe_on_frontier)}
 
-def optimize(returns: pd.DataFrame, strategy: str = "max_sharpe", *, periods_per_year: int,
+def optimize(returns: pd.DataFrame, strategy: str = "max_sharpe", *, periods_per_year: int | None = None,
              risk_free_rate: float = 0.0, alpha: float = 0.05, risk_measure: str | None = None,
              risk_aversion: float = 2.0, fraction: float = 1.0, budgets: dict | None = None,
              views: list | None = None, market_caps: pd.Series | None = None, tau: float = 0.05,
@@ -462,7 +654,9 @@ def optimize(returns: pd.DataFrame, strategy: str = "max_sharpe", *, periods_per
              constraints: Constraints | dict | None = None, solvers=SOLVERS) -> Allocation:
     """Weights of `strategy` (a key of `STRATEGIES`) for per-period simple `returns` (timestamp × assets, no NaN).
 
-    `periods_per_year` annualizes (365 crypto, 252 equities); `risk_free_rate` is an annual fraction;
+    `periods_per_year` annualizes (default: inferred from the index by `portopt.clean.infer_frequency`: 8,760
+    hourly 24/7, 365 daily 24/7, 252 weekday sessions; which value and whether inferred is in
+    `diagnostics["frequency"]`); `risk_free_rate` is an annual fraction;
     `alpha` the tail level of CVaR-type measures; `risk_measure` a name of `RISK_MEASURES` (for
     `min_risk`, `max_ratio`, `utility`, `risk_parity` and the hierarchical strategies; default "variance");
     `risk_aversion` λ for `utility` and δ for `black_litterman`; `fraction` of Kelly (1, 0.5, 0.25);
@@ -477,6 +671,9 @@ def optimize(returns: pd.DataFrame, strategy: str = "max_sharpe", *, periods_per
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}")
     if not isinstance(returns, pd.DataFrame) or returns.shape[1] == 0 or len(returns) < 2:
         raise DataError("optimize needs a returns frame with at least 2 periods and 1 asset")
+    freq = resolve_frequency(returns.index, periods_per_year)
+    periods_per_year = freq.periods_per_year
+    excluded = dict(returns.attrs.get("excluded") or {})  # from estimation_window: reported, never silent
     if returns.isna().any().any():
         bad = returns.columns[returns.isna().any()].tolist()
         raise DataError(f"returns of {bad} have missing values; choose a window where they all trade "
@@ -586,7 +783,8 @@ def optimize(returns: pd.DataFrame, strategy: str = "max_sharpe", *, periods_per
     return Allocation(weights=weights, strategy=strategy, params=shown, periods_per_year=periods_per_year,
                       expected_return=stats["expected_return"], volatility=stats["volatility"], sharpe=stats["sharpe"],
                       risk_measure=rm_name, risk=risk, risk_contributions=contrib, as_of=returns.index[-1],
-                      n_periods=len(returns), diagnostics=dict(solver=used, attempts=attempts))
+                      n_periods=len(returns), diagnostics=dict(solver=used, attempts=attempts, frequency=freq.to_dict(),
+                                                                excluded=excluded))
 
 # %% ../nbs/20_optimize.ipynb #0780f207
 def efficient_frontier(returns: pd.DataFrame, *, periods_per_year: int, points: int = 20,

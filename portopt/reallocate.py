@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .clean import to_utc
+from .clean import check_missing, fill_gaps, resolve_frequency, to_utc
 from .config import ConfigError, DataError
 
 # %% auto #0
@@ -349,14 +349,20 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
         store.write_alert(guard[0], guard[1], portfolio)
         return "held", None, store.write_reallocation(portfolio, when, "held", dict(extra or {}, reason=guard[1]))
     window = cfg.get("window", 180)
-    prices = read_recent_prices(store, assets, when, 2 * window * 366 / cfg.get("periods_per_year", 365) + 30,  # with a margin
+    prices = read_recent_prices(store, assets, when, 2 * window * 366 / (cfg.get("periods_per_year") or 252) + 30,  # a read span, with a margin
                                 lambda p: len(p) > window)
-    r = estimation_window(simple_returns(prices), window)
-    alloc = target if target is not None else optimize(r, cfg.get("strategy", "min_variance"),
-                                                       periods_per_year=cfg.get("periods_per_year", 365),
+    missing, max_fill = cfg.get("missing", "exclude"), cfg.get("max_fill")
+    fill = check_missing(missing, max_fill)
+    filled = {}
+    if fill:
+        prices, filled = fill_gaps(prices, fill)
+    freq = resolve_frequency(prices.index, cfg.get("periods_per_year"))  # never a hidden 365: inferred and recorded
+    ppy = freq.periods_per_year
+    r = estimation_window(simple_returns(prices), window, missing=missing)
+    alloc = target if target is not None else optimize(r, cfg.get("strategy", "min_variance"), periods_per_year=ppy,
                                                        **cfg.get("strategy_params", {}))
+    alloc.diagnostics.update(frequency=freq.to_dict(), **({"filled": filled} if filled else {}))
     decision = plan_reallocation(holdings, alloc.weights, market, settings, as_of=when)
-    ppy = cfg.get("periods_per_year", 365)
     decision.comparison = pd.DataFrame({name: {k: v for k, v in portfolio_stats(w.reindex(r.columns).fillna(0.0), r, ppy).items()
                                                if k != "risk_contributions"}
                                         for name, w in (("current", decision.positions["weight"]), ("target", alloc.weights))}).T

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .clean import LONG_COLUMNS, parse_timestamps, to_utc, to_wide, validate_long
-from .config import ConfigError, DataError, StoreError, get_settings
+from .config import ConfigError, DataError, StoreError, get_limits, get_settings
 from .data import dataset_info, load_dataset
 
 # %% auto #0
@@ -314,6 +314,28 @@ def validate_units(units: pd.Series, where: str = "holdings") -> pd.Series:
         raise DataError(f"{where}: asset names must be unique and non-empty")
     return u.astype(float)
 
+# %% ../nbs/03_store.ipynb #3a9d4b9e
+def _holders(path: Path) -> list[int]:
+    "Ids of the other processes that have the SQLite file (or its WAL) open, read from /proc (Linux; empty elsewhere)."
+    import os
+    names, me, out = {str(path), f"{path}-wal", f"{path}-shm"}, os.getpid(), []
+    for d in Path("/proc").glob("[0-9]*"):
+        if int(d.name) == me:
+            continue
+        try:
+            if any(os.readlink(fd) in names for fd in (d / "fd").iterdir()):
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return sorted(out)
+
+def _locked(store) -> StoreError:
+    "The error for a write lock held by another process past the busy timeout (`PORTOPT_LOCK_TIMEOUT`)."
+    pids = _holders(Path(store.path).resolve())
+    who = f" (the store is open in pid {', '.join(map(str, pids))})" if pids else ""
+    return StoreError(f"store {store.path} is locked by another process{who}; try again "
+                      f"(waited {store.timeout:g} s; PORTOPT_LOCK_TIMEOUT sets the wait)")
+
 # %% ../nbs/03_store.ipynb #8f3b0172
 def _executemany_chunked(conn: sqlite3.Connection, sql: str, rows: list, chunk: int = 5000) -> None:
     "Run `sql` for every row, in chunks (the unit a crash can interrupt: the transaction around it decides)."
@@ -388,15 +410,21 @@ class SQLiteStore(Store):
     `path`: the file (default: `get_settings().store_path`); its folder is created. Raises
     `StoreError` when the file is not a SQLite database or its schema is newer than this code."""
 
-    def __init__(self, path=None, timeout: float = 30.0):
+    def __init__(self, path=None, timeout: float | None = None):
         self.path = Path(path) if path is not None else get_settings().store_path
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = get_limits().lock_timeout if timeout is None else timeout   # PORTOPT_LOCK_TIMEOUT
         try:
-            self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            self.conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.migrate()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise _locked(self) from None
+            raise StoreError(f"{self.path}: cannot open as a portopt store ({e}); "
+                             "point PORTOPT_STORE at another file or remove this one") from e
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open as a portopt store ({e}); "
                              "point PORTOPT_STORE at another file or remove this one") from e
@@ -437,7 +465,12 @@ class SQLiteStore(Store):
 
         class _Tx:
             def __enter__(self):
-                store.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    store.conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as e:
+                    if "locked" in str(e) or "busy" in str(e):
+                        raise _locked(store) from None
+                    raise
                 return store.conn
 
             def __exit__(self, kind, exc, tb):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .backtest import BacktestConfig, BacktestResult, check_config, walk_forward
 from .clean import returns as simple_returns
-from .clean import to_utc
+from .clean import resolve_frequency, to_utc
 from .config import ConfigError, DataError, PortoptError
 from .metrics import deflated_sharpe_ratio, expected_max_sharpe
 from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES
@@ -272,6 +272,7 @@ class SweepResult:
     dsr: dict | None
     data_hash: str
     errors: dict = field(default_factory=dict)
+    frequency: dict | None = None  # `Frequency.to_dict()`: the periods per year used and whether inferred
 
     def plot(self, x: str = "window", y: str = "rebalance_every", value: str = "sharpe", facet: str | None = "strategy"):
         "`plot_sweep` of the table."
@@ -316,13 +317,14 @@ def _describe(config: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.items() if k != "params" and v is not None) + \
         "".join(f", {k}={v}" for k, v in (config.get("params") or {}).items())
 
-def sweep(prices: pd.DataFrame, configs, *, periods_per_year: int, store: Store | None = None, scheduler=None,
+def sweep(prices: pd.DataFrame, configs, *, periods_per_year: int | None = None, store: Store | None = None, scheduler=None,
           n_workers: int | None = None, progress: bool = True, errors: str = "raise", run_id: str | None = None,
           volumes: pd.DataFrame | None = None, market_caps: pd.DataFrame | None = None) -> SweepResult:
     """Walk-forward backtests of every configuration in `configs` (dicts as `grid` makes them) on `prices` (timestamp ×
     assets), in parallel on Dask, cached in `store`.
 
-    `periods_per_year`: 365 crypto, 252 equities. `store`: where results are looked up (by `backtest_key`) and
+    `periods_per_year`: default inferred from the index (`portopt.clean.infer_frequency`; 8,760 hourly 24/7, 365
+    daily 24/7, 252 weekday sessions), stated in `SweepResult.frequency`. `store`: where results are looked up (by `backtest_key`) and
     recorded (`record`, with `run_id`), and whose trial registry deflates the best Sharpe ratio; `None`: no cache.
     `scheduler`: a Dask scheduler address (`tcp://host:8786`) or a `distributed.Client`; `None`: a `LocalCluster` of
     `n_workers` one-threaded processes (default: one per core, at most one per configuration to run). `errors`:
@@ -337,6 +339,8 @@ def sweep(prices: pd.DataFrame, configs, *, periods_per_year: int, store: Store 
         raise ConfigError(f"errors={errors!r}: use 'raise' or 'keep'")
     if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
         raise ConfigError(f"n_workers={n_workers!r}: give a positive whole number of worker processes")
+    frequency = resolve_frequency(prices.index, periods_per_year)
+    periods_per_year = frequency.periods_per_year
     resolved = []
     for i, c in enumerate(configs):
         try:
@@ -400,7 +404,7 @@ def sweep(prices: pd.DataFrame, configs, *, periods_per_year: int, store: Store 
         best = ranked.loc[ranked["sharpe"].idxmax(), "key"]
         dsr = (deflated_sharpe(store, results[best], dh) if store is not None
                else _deflate(results[best].returns, [_period_sharpe(results[k].returns) for k in results]))
-    return SweepResult(results, table, hits, len(todo), best, dsr, dh, {k: str(e) for k, e in failed.items()})
+    return SweepResult(results, table, hits, len(todo), best, dsr, dh, {k: str(e) for k, e in failed.items()}, frequency.to_dict())
 
 # %% ../nbs/42_sweep.ipynb #831bb655
 def plot_sweep(table: pd.DataFrame, x: str = "window", y: str = "rebalance_every", value: str = "sharpe",

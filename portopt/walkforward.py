@@ -15,7 +15,7 @@ import pandas as pd
 
 from .clean import to_utc
 from .config import ConfigError, DataError, OptimizationError
-from .optimize import optimize
+from .optimize import SOLVER_PARAMS, optimize, solver_output
 
 # %% auto #0
 __all__ = ['FAST_STRATEGIES', 'FAST_SOLVERS', 'LP_SOLVERS', 'SOLVER_OPTIONS', 'quad_form_dpp', 'one_blas_thread', 'sqrt_factor',
@@ -219,9 +219,9 @@ class FastOptimizer:
             try:
                 for name, value in data.items():
                     prog.params[name].value = value
-                with warnings.catch_warnings():  # cvxpy warns of inaccurate solutions; the status is recorded below
-                    warnings.simplefilter("ignore")
-                    prog.problem.solve(solver=solver, **self.solver_options.get(solver, {}))
+                with warnings.catch_warnings(), solver_output():  # cvxpy warns of inaccurate solutions; the status is recorded below
+                    warnings.simplefilter("ignore")                 # HiGHS's banner goes to the log, not to stdout
+                    prog.problem.solve(solver=solver, **{**SOLVER_PARAMS.get(solver, {}), **self.solver_options.get(solver, {})})
             except (cp.error.SolverError, ValueError, ArithmeticError) as e:  # solver failure or a non-PSD Σ
                 attempts.append(dict(solver=solver, outcome=f"{type(e).__name__}: {e}"[:300]))
                 continue
