@@ -544,6 +544,7 @@ def import_file(path, asset: str | None = None, allow_jumps: bool = False) -> Pr
                              "_row": np.arange(2, 2 + len(raw))})
     else:
         long = _long_from(frame, layout, path, asset, meta, notes, header_lines)
+    del frame  # the raw table is no longer needed: free it before the checks copy columns
     long = _check_rows(long, where, allow_jumps, notes)
     long = collapse_duplicates(long, where, notes)
     check_frequencies(long, where, notes)
@@ -583,16 +584,18 @@ def import_files(paths, asset: str | None = None, source: str | None = None,
             if seen[0] != bar:
                 raise DataError(f"{f.path}: {bar_words(bar)} bars of {a}, but {seen[1]} has {bar_words(seen[0])} bars of it "
                                 f"under the same source {src!r}; import each frequency under its own --source")
-        by_source.setdefault(source or f.source, []).append(f.frame.assign(_file=str(f.path)))
+        by_source.setdefault(src, []).append(f)
     batches, notes = {}, []
-    for src, frames in by_source.items():
-        long = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        if len(frames) > 1:
-            long = long.sort_values(["asset", "timestamp"], kind="stable", ignore_index=True)
-            before = len(notes)
-            long = collapse_duplicates(long, f"source {src}", notes)
-            notes[before:] = [f"source {src}: {n}" for n in notes[before:]]
-            check_frequencies(long, f"source {src}", notes)
+    for src, group in by_source.items():
+        if len(group) == 1:  # one file: already checked, written as it is (no copy: a large file's memory counts)
+            batches[src] = group[0].frame.drop(columns="_row")
+            continue
+        long = pd.concat([f.frame.assign(_file=str(f.path)) for f in group], ignore_index=True)
+        long = long.sort_values(["asset", "timestamp"], kind="stable", ignore_index=True)
+        before = len(notes)
+        long = collapse_duplicates(long, f"source {src}", notes)
+        notes[before:] = [f"source {src}: {n}" for n in notes[before:]]
+        check_frequencies(long, f"source {src}", notes)
         batches[src] = long.drop(columns=["_row", "_file"]).reset_index(drop=True)
     return files, batches, notes
 
