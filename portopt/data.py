@@ -544,14 +544,14 @@ def import_file(path, asset: str | None = None, allow_jumps: bool = False) -> Pr
                              "_row": np.arange(2, 2 + len(raw))})
     else:
         long = _long_from(frame, layout, path, asset, meta, notes, header_lines)
+    if layout == "ohlcv" and "open_time" in {str(c).lower() for c in frame.columns}:
+        layout = "binance"  # Binance's kline columns with a symbol column (python-binance dumps)
     del frame  # the raw table is no longer needed: free it before the checks copy columns
     long = _check_rows(long, where, allow_jumps, notes)
     long = collapse_duplicates(long, where, notes)
     check_frequencies(long, where, notes)
     out = validate_long(long.drop(columns="_row"), where)
     out["_row"] = long["_row"].to_numpy()
-    if layout == "ohlcv" and "open_time" in {str(c).lower() for c in frame.columns}:
-        layout = "binance"  # Binance's kline columns with a symbol column (python-binance dumps)
     source = layout if layout in ("coingecko", "binance", "bybit", "ccxt", "kraken", "yahoo") else f"file:{path.name}"
     return PriceFile(path, out, layout, source, notes)
 
