@@ -157,10 +157,12 @@ def epoch_times(values, where: str = "timestamp") -> tuple[pd.DatetimeIndex, lis
             ns[m] = (np.asarray(values)[m].astype("int64") * {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[unit])
     notes = []
     present = [(_EPOCH_UNITS[k][2], int((units == k).sum())) for k in range(4) if (units == k).any()]
-    if len(present) > 1:
+    if len(present) > 1:  # one file, one unit: a mix is refused (files of different units may be imported together)
         switch = int(np.flatnonzero(np.diff(units) != 0)[0]) + 1
-        notes.append(f"epoch units change inside the file: {', '.join(f'{n:,} in {u}' for u, n in present)} "
-                     f"(first change at data row {switch + 1}); each value read in its own unit")
+        raise DataError(f"{where}: timestamps mix units ({', '.join(f'{n:,} in {u}' for u, n in present)}): "
+                        f"{values[switch - 1]!r} in data row {switch} and {values[switch]!r} in data row {switch + 1}; "
+                        "split the file where the unit changes (Binance's dumps moved from ms to µs on 2025-01-01) and "
+                        "import the parts in one call")
     return pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC"), notes
 
 def read_times(col: pd.Series, where: str) -> tuple[pd.DatetimeIndex, list[str]]:
@@ -259,6 +261,8 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int, dict]:
         frame = _read_csv(path, header=0, encoding="utf-8-sig", sep=delim)
         frame.columns = [str(c).strip() for c in frame.columns]
         check_fields(frame, str(path))
+        if any(pd.api.types.is_float_dtype(frame[c]) and np.isinf(frame[c].to_numpy()).any() for c in frame.columns):
+            check_fields(pd.read_csv(path, dtype=str, encoding="utf-8-sig", sep=delim), str(path))  # an overlong number reads as inf
         return frame, 1, {}
     except DataError:
         raise
