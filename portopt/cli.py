@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,11 @@ from .store import open_store
 
 # %% auto #0
 __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt', 'SourceOpt',
-           'MissingOpt', 'ViewsOpt', 'MaxFillOpt', 'collect_app', 'ConfigFileOpt', 'supabase_app', 'Loaded', 'run',
-           'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'collect_market_', 'collect_solana_', 'listen',
-           'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate', 'main', 'sweep_']
+           'MissingOpt', 'ViewsOpt', 'MaxFillOpt', 'portfolio_app', 'collect_app', 'ConfigFileOpt', 'supabase_app',
+           'Loaded', 'run', 'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'portfolio_create',
+           'portfolio_holdings', 'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_',
+           'collect_solana_', 'listen', 'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate',
+           'main', 'sweep_']
 
 # %% ../nbs/90_cli.ipynb #8ed55e42
 from .config import UsageError, name_list, nonnegative, one_line, parse_date, positive, positive_int
@@ -360,12 +363,11 @@ def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, C
             asset: Annotated[Optional[str], typer.Option(help="Asset of a one-asset file (default: from a pair in the file name, e.g. SOLUSDT.csv → SOL).")] = None,
             source: Annotated[Optional[str], typer.Option(help="Source name stored with every price (default: the format's name, e.g. binance, bybit, ccxt, yahoo, coingecko; file:<name> for a generic layout).")] = None,
             allow_jumps: Annotated[bool, typer.Option("--allow-jumps", help="Accept a close more than ×1000 (or under ÷1000) the previous one.")] = False,
-            store: StoreOpt = None,
-            allow_dates: Annotated[bool, typer.Option("--allow-dates", help="Accept timestamps outside the years 1900–2200 (refused by default as typos).")] = False):
+            allow_dates: Annotated[bool, typer.Option("--allow-dates", help="Accept timestamps outside the years 1900–2200 (refused by default as typos).")] = False,
+            store: StoreOpt = None):
     """Validate price files of the known layouts and load them all into the store in one transaction (re-importing
     changes nothing). Layouts: """ + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
     if allow_dates:
-        import os
         os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
     files, batches, notes = import_files(paths, asset, source, allow_jumps)
     with open_store(store) as st:
@@ -414,11 +416,14 @@ def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in
         if portfolio == "demo":
             ensure_demo_portfolio(st)
         status, decision, rid = reallocate_portfolio(st, portfolio, as_of=as_of, execute=execute)
+        stored_plan = st.read_reallocations(portfolio).set_index("id").loc[rid, "plan"]
         if json_:
-            typer.echo(json.dumps(dict(status=status, id=rid, plan=st.read_reallocations(portfolio).set_index("id").loc[rid, "plan"]),
-                                  indent=2, default=str))
+            typer.echo(json.dumps(dict(status=status, id=rid, plan=stored_plan), indent=2, default=str))
             return
-    typer.echo(f"{portfolio}: {status}" + (f" — {decision.reason}" if decision is not None and decision.reason else ""))
+    reason = decision.reason if decision is not None else stored_plan.get("reason")
+    typer.echo(f"{portfolio}: {status}" + (f" — {reason}" if reason else ""))
+    for note in (decision.notes if decision is not None else []):
+        typer.echo(f"note: {note}")
     if decision is not None and not decision.trades.empty:
         _echo_table(decision.trades[["side", "units", "value", "fee", "impact_bps", "shortfall"]].round(4))
         typer.echo(f"\ncosts: fees {decision.costs['fees']:,.2f}, impact {decision.costs['impact']:,.2f} "
@@ -427,6 +432,153 @@ def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in
             typer.echo("\nlargest feasible partial plan:")
             _echo_table(decision.partial[["side", "units", "value"]].round(4))
     typer.echo(f"decision id: {rid}")
+
+# %% ../nbs/90_cli.ipynb #bf3d5a3e
+portfolio_app = typer.Typer(help="Define your own portfolios: create one with its settings, write its holdings, show, list "
+                            "or delete them. `portopt reallocate NAME` and the listener then use them.", no_args_is_help=True)
+app.add_typer(portfolio_app, name="portfolio")
+
+def _portfolio_row(st, name: str) -> dict:
+    rows = st.read_portfolios()
+    if name not in set(rows["portfolio"]):
+        raise ConfigError(f"no portfolio {name!r} in {st.path}; create it with `portopt portfolio create {name} --strategy ...`"
+                          f" (known: {', '.join(sorted(rows['portfolio'])) or 'none'})")
+    return rows.set_index("portfolio").loc[name].to_dict()
+
+def _portfolio_summary(st, name: str) -> dict:
+    from .portfolio import portfolio_settings_from
+    row = _portfolio_row(st, name)
+    settings = portfolio_settings_from(row["settings"], name)  # every setting, defaults included
+    held = st.read_holdings(name)
+    last = st.read_reallocations(name, limit=1)
+    return dict(portfolio=name, owner=row.get("owner"), quote=row.get("quote"), settings=settings.stored(),
+                holdings={a: float(u) for a, u in held.items()},
+                last_decision=None if last.empty else dict(status=last.iloc[0]["status"], as_of=str(last.iloc[0]["as_of"]),
+                                                           id=last.iloc[0]["id"]))
+
+@portfolio_app.command("create")
+def portfolio_create(name: Annotated[str, typer.Argument(help="The portfolio's name.")],
+                     strategy: Annotated[str, typer.Option(help=f"One of: {', '.join(STRATEGIES)}.")],
+                     window: Annotated[Optional[int], typer.Option(help="Periods of returns the optimization sees (default 180).")] = None,
+                     periods_per_year: Annotated[Optional[int], typer.Option(help="Annualization: 365 daily crypto, 252 equity sessions, 8760 hourly (default: inferred from the prices' spacing).")] = None,
+                     source: Annotated[Optional[str], typer.Option(help="The stored price source to read (default: any).")] = None,
+                     band: Annotated[Optional[str], typer.Option(help="Tolerance band low,high of current/target share (default 0.95,1.05).")] = None,
+                     cash: Annotated[Optional[str], typer.Option(help="Cash asset: fees are paid from it (default USDC).")] = None,
+                     assets: Annotated[Optional[str], typer.Option(help="Comma-separated assets to allocate (default: those held).")] = None,
+                     stale_after_hours: Annotated[Optional[float], typer.Option(help="Hold the plan when a held asset's last price is older than this (default 48).")] = None,
+                     replace: Annotated[bool, typer.Option("--replace", help="Replace the settings of an existing portfolio.")] = False,
+                     store: StoreOpt = None, json_: JsonOpt = False):
+    """Create a portfolio with its settings (validated: unknown strategy, a window < 2, periods per year <= 0 or a band
+    that does not hold 1 are refused). Settings not given take their one default (`portopt.portfolio.PortfolioSettings`)."""
+    from .portfolio import portfolio_settings_from
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy {strategy!r}: unknown; choose one of {', '.join(STRATEGIES)}")
+    given = dict(strategy=strategy, window=window, periods_per_year=periods_per_year, source=source, cash=cash,
+                 assets=_split(assets), stale_after_hours=stale_after_hours)
+    if band is not None:
+        given["band"] = _numbers("--band", band, float)
+        if len(given["band"]) != 2:
+            raise ConfigError(f"--band {band!r}: give two numbers low,high, e.g. 0.95,1.05")
+    settings = portfolio_settings_from({k: v for k, v in given.items() if v is not None}, name)
+    with open_store(store) as st:
+        if name in set(st.read_portfolios()["portfolio"]) and not replace:
+            raise ConfigError(f"portfolio {name!r} exists in {st.path}; use --replace to change its settings, "
+                              f"or `portopt portfolio delete {name}`")
+        st.upsert_portfolio(name, settings=settings.stored())
+        out = _portfolio_summary(st, name)
+    if json_:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    s = out["settings"]
+    typer.echo(f"{name}: {s['strategy']}, window {s['window']} periods, {s['periods_per_year'] or 'inferred'} periods a year, band "
+               f"{s['band'][0]:g}–{s['band'][1]:g}, cash {s['cash']}, source {s['source'] or 'any'}; "
+               f"next: `portopt portfolio holdings {name} FILE` or `--set ASSET=UNITS`")
+
+@portfolio_app.command("holdings")
+def portfolio_holdings(name: Annotated[str, typer.Argument(help="The portfolio's name.")],
+                       file: Annotated[Optional[Path], typer.Argument(help="CSV with the columns asset,units.")] = None,
+                       set_: Annotated[Optional[list[str]], typer.Option("--set", help="ASSET=UNITS, repeatable (e.g. --set SOL=100 --set USDC=5000).")] = None,
+                       at: Annotated[Optional[str], typer.Option("--at", help="When the snapshot holds (UTC; default now).")] = None,
+                       store: StoreOpt = None, json_: JsonOpt = False):
+    "Write a holdings snapshot (token units by asset) of a portfolio, from a CSV file (asset,units) or --set pairs."
+    if (file is None) == (not set_):
+        raise ConfigError("give the holdings either as a CSV file (asset,units) or as --set ASSET=UNITS pairs, not both or neither")
+    if file is not None:
+        if not file.is_file():
+            raise ConfigError(f"{file}: no such file; give a CSV with the columns asset,units")
+        try:
+            frame = pd.read_csv(file, dtype={"asset": str})
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{file}: not a CSV of asset,units ({str(e).splitlines()[0]})") from None
+        frame.columns = [str(c).strip().lower() for c in frame.columns]
+        if not {"asset", "units"} <= set(frame.columns) or frame.empty:
+            raise ConfigError(f"{file}: needs the columns asset,units and at least one row (has {list(frame.columns)})")
+        pairs = list(zip(frame["asset"].astype(str).str.strip(), frame["units"]))
+        where = str(file)
+    else:
+        pairs = []
+        for item in set_:
+            asset, sep, units = item.partition("=")
+            if not sep or not asset.strip():
+                raise ConfigError(f"--set {item!r}: give ASSET=UNITS, e.g. --set SOL=100")
+            pairs.append((asset.strip(), units))
+        where = "--set"
+    assets = [a for a, _ in pairs]
+    dup = sorted({a for a in assets if assets.count(a) > 1})
+    if dup:
+        raise ConfigError(f"{where}: {dup} given more than once; give each asset once")
+    units = pd.Series({a: pd.to_numeric(u, errors="coerce") for a, u in pairs}, dtype=float)
+    ts = to_utc(at) if at else pd.Timestamp.now(tz="UTC").floor("s")
+    with open_store(store) as st:
+        _portfolio_row(st, name)
+        result = st.write_holdings(name, units, ts, source="file:" + file.name if file is not None else "cli")
+        held = st.read_holdings(name, as_of=ts)
+    if json_:
+        typer.echo(json.dumps(dict(portfolio=name, ts=ts.isoformat(), holdings={a: float(u) for a, u in held.items()},
+                                   inserted=result.inserted, updated=result.updated, unchanged=result.unchanged), indent=2))
+        return
+    typer.echo(f"{name}: {len(held)} asset(s) at {ts:%Y-%m-%d %H:%M:%S} UTC: " + ", ".join(f"{a} {u:,.6g}" for a, u in held.items()))
+
+@portfolio_app.command("show")
+def portfolio_show(name: Annotated[str, typer.Argument(help="The portfolio's name.")], store: StoreOpt = None, json_: JsonOpt = False):
+    "A portfolio's settings (every one, defaults included), its latest holdings and its latest reallocation decision."
+    with open_store(store) as st:
+        out = _portfolio_summary(st, name)
+    if json_:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"{name} (owner {out['owner'] or '-'}, quote {out['quote']})")
+    for k, v in out["settings"].items():
+        typer.echo(f"  {k:<18} {v}")
+    typer.echo("holdings: " + (", ".join(f"{a} {u:,.6g}" for a, u in out["holdings"].items()) or "none"))
+    d = out["last_decision"]
+    typer.echo("last decision: " + (f"{d['status']} at {d['as_of']} ({d['id']})" if d else "none"))
+
+@portfolio_app.command("list")
+def portfolio_list(store: StoreOpt = None, json_: JsonOpt = False):
+    "The portfolios in the store: strategy, window, assets held, latest decision."
+    with open_store(store) as st:
+        out = [_portfolio_summary(st, n) for n in st.read_portfolios()["portfolio"]]
+    if json_:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    if not out:
+        typer.echo("no portfolios; create one with `portopt portfolio create NAME --strategy min_variance`")
+        return
+    _echo_table(pd.DataFrame([dict(portfolio=o["portfolio"], strategy=o["settings"]["strategy"], window=o["settings"]["window"],
+                                   periods_per_year=o["settings"]["periods_per_year"], held=len(o["holdings"]),
+                                   last_decision=(o["last_decision"] or {}).get("status", "-")) for o in out]).set_index("portfolio"))
+
+@portfolio_app.command("delete")
+def portfolio_delete(name: Annotated[str, typer.Argument(help="The portfolio's name.")], store: StoreOpt = None, json_: JsonOpt = False):
+    "Delete a portfolio with everything it owns: holdings, optimizations, reallocations, alerts, its backtests."
+    with open_store(store) as st:
+        n = st.delete_portfolio(name)
+    if json_:
+        typer.echo(json.dumps(dict(portfolio=name, deleted_rows=n)))
+        return
+    typer.echo(f"{name}: deleted with {n - 1} row(s) it owned")
+
 
 # %% ../nbs/90_cli.ipynb #a87d2832
 collect_app = typer.Typer(help="Collect market data (CoinGecko) and Solana on-chain state into the store. "
@@ -470,6 +622,8 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
            poll: Annotated[float, typer.Option(help="Seconds between polls (SQLite) or the longest wait for a NOTIFY (Supabase).")] = 1.0,
            attempts: Annotated[int, typer.Option(help="Attempts of a failing handler before its event is recorded as a failed run.")] = 3,
            webhook: Annotated[Optional[str], typer.Option(envvar="PORTOPT_WEBHOOK", help="Slack/Discord-compatible URL for new alerts.")] = None,
+           retry_failed: Annotated[bool, typer.Option("--retry-failed", help="First run again the (event, portfolio) units that failed.")] = False,
+           lease: Annotated[float, typer.Option(help="Seconds a claimed unit is held before another listener may take it over (a killed listener's).")] = 300.0,
            store: StoreOpt = None):
     """Consume the events outbox: when prices, market metrics or holdings land, re-optimize the portfolios they touch,
     store the new weights and the reallocation decision, raise alerts.
@@ -480,9 +634,11 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
     from .events import Listener
     st = open_store(store)
     listener = Listener(st, papermill=papermill, poll_interval=poll, attempts=attempts, webhook=webhook,
-                        warm_kernel=not fresh_kernel)
+                        warm_kernel=not fresh_kernel, lease=lease)
     out = []
     try:
+        if retry_failed:
+            listener.recover(retry_failed=True)
         if once:
             out = listener.handle_pending()
         else:
@@ -494,11 +650,15 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
         listener.close()
         st.close()
     failed = [o for o in out if o.status == "failed"]
+    units = listener.units
+    bad = [u for u in units if u.status == "failed"]
     typer.echo(f"handled {len(out) - len(failed)} event(s), {len(failed)} failed" +
-               "".join(f"\n  event {o.event_id} ({o.topic}): {o.error}" for o in failed))
+               "".join(f"\n  event {o.event_id} ({o.topic}): {o.error}" for o in failed) +
+               f"; portfolios: {sum(u.status == 'succeeded' for u in units)} rebalanced, {len(bad)} failed" +
+               "".join(f"\n  {u.portfolio} (event {u.event_id}): {u.error}" for u in bad))
 
 @app.command()
-def schedule(file: Annotated[Path, typer.Argument(help="TOML schedule: [[job]] tables with name, cron or every, report or call, parameters.")],
+def schedule(file: Annotated[Path, typer.Argument(help="TOML schedule: \\[\\[job]] tables with name, cron or every, report or call, parameters.")],
              list_: Annotated[bool, typer.Option("--list", help="Check the file and list its jobs, then exit.")] = False,
              run_now: Annotated[Optional[str], typer.Option("--run-now", help="Run this job once now (trigger manual), then exit.")] = None):
     """Run report notebooks and jobs on a schedule (APScheduler, times in UTC); see schedule.example.toml.

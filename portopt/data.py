@@ -24,9 +24,9 @@ from .config import ConfigError, DataError
 # %% auto #0
 __all__ = ['DATASETS_DIR', 'DATASETS', 'TIME_COLUMNS', 'FIELDS', 'QUOTES', 'ALIASES', 'BINANCE_KLINE', 'MAX_PRICE', 'MAX_JUMP',
            'LAYOUTS', 'coingecko_frame', 'dataset_info', 'load_dataset', 'load_prices', 'load_market_caps',
-           'load_volumes', 'PriceFile', 'epoch_times', 'read_times', 'asset_from_name', 'detect_layout',
-           'collapse_duplicates', 'bar_words', 'frequency_label', 'check_frequencies', 'import_file', 'expand_paths',
-           'import_files', 'read_price_file', 'check_file', 'check_fields']
+           'load_volumes', 'check_file', 'check_fields', 'PriceFile', 'epoch_times', 'read_times', 'asset_from_name',
+           'detect_layout', 'collapse_duplicates', 'bar_words', 'frequency_label', 'check_frequencies', 'import_file',
+           'expand_paths', 'import_files', 'read_price_file']
 
 # %% ../nbs/02_data.ipynb #e1cb7597
 def coingecko_frame(raw: pd.DataFrame, asset: str | None = None, where: str = "data") -> pd.DataFrame:
@@ -99,6 +99,66 @@ def load_volumes(dataset: str = "coingecko-daily", **kw) -> pd.DataFrame:
     "Wide frame of 24 h traded volumes (USD); same arguments as `load_prices`."
     return load_prices(dataset, field="volume", **kw)
 
+# %% ../nbs/02_data.ipynb #0a518b9e
+import bz2
+import gzip
+import lzma
+import zlib
+from .config import get_limits
+
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+def check_file(path: Path, parquet: bool = False) -> None:
+    """The file-opening edge: raise `DataError` for a missing file, a folder, binary content in a CSV, a compressed file
+    that ends early, or a header wider than the limits' `max_columns` (`PORTOPT_MAX_COLUMNS`), before anything is parsed."""
+    limits = get_limits()
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give a CSV or Parquet file")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if parquet:
+        import pyarrow.parquet as pq
+        try:
+            n = len(pq.read_schema(path).names)
+        except Exception as e:
+            raise DataError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e})") from None
+        if n > limits.max_columns:
+            raise DataError(f"{path}: {n:,} columns, more than the limit of {limits.max_columns:,} (PORTOPT_MAX_COLUMNS)")
+        return
+    opener = _OPENERS.get(path.suffix.lower(), open)
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(1 << 16)
+            commas, chunk = 0, head
+            while chunk:   # count the header's columns without reading a huge header line whole
+                line_end = chunk.find(b"\n")
+                commas += chunk.count(b",", 0, None if line_end < 0 else line_end)
+                if line_end >= 0 or commas >= limits.max_columns:
+                    break
+                chunk = f.read(1 << 16)
+            if opener is not open:
+                while f.read(1 << 20):   # read to the end: a truncated stream fails here, not half-way through parsing
+                    pass
+    except (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, OSError) as e:
+        raise DataError(f"{path}: truncated or corrupt compressed file ({type(e).__name__}: {e}); download or export it again") from None
+    if b"\x00" in head:
+        raise DataError(f"{path}: binary content (NUL bytes), not CSV text; give a CSV or Parquet file")
+    if commas >= limits.max_columns:
+        raise DataError(f"{path}: more than {limits.max_columns:,} columns in the header (PORTOPT_MAX_COLUMNS)")
+
+def check_fields(frame: pd.DataFrame, where: str) -> None:
+    "Raise `DataError` for a column name or field longer than the limits' `max_field` characters (`PORTOPT_MAX_FIELD`)."
+    limit = get_limits().max_field
+    long_names = [c for c in frame.columns if len(str(c)) > limit]
+    if long_names:
+        raise DataError(f"{where}: a column name of {len(str(long_names[0])):,} characters (limit {limit:,}, PORTOPT_MAX_FIELD)")
+    for c in frame.columns:
+        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype):
+            n = frame[c].astype(str).str.len()
+            if len(n) and n.max() > limit:
+                raise DataError(f"{where}: a field of {int(n.max()):,} characters in column {str(c)[:40]!r}, row {int(n.values.argmax()) + 1} "
+                                f"(limit {limit:,}, PORTOPT_MAX_FIELD)")
+
 # %% ../nbs/02_data.ipynb #84ee7dc0
 TIME_COLUMNS = ("timeopen", "open_time", "timestamp", "snapped_at", "start", "datetime", "date", "time", "ts")  # by preference
 _ASSET = ("asset", "symbol", "ticker")
@@ -157,12 +217,10 @@ def epoch_times(values, where: str = "timestamp") -> tuple[pd.DatetimeIndex, lis
             ns[m] = (np.asarray(values)[m].astype("int64") * {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[unit])
     notes = []
     present = [(_EPOCH_UNITS[k][2], int((units == k).sum())) for k in range(4) if (units == k).any()]
-    if len(present) > 1:  # one file, one unit: a mix is refused (files of different units may be imported together)
+    if len(present) > 1:
         switch = int(np.flatnonzero(np.diff(units) != 0)[0]) + 1
-        raise DataError(f"{where}: timestamps mix units ({', '.join(f'{n:,} in {u}' for u, n in present)}): "
-                        f"{values[switch - 1]!r} in data row {switch} and {values[switch]!r} in data row {switch + 1}; "
-                        "split the file where the unit changes (Binance's dumps moved from ms to µs on 2025-01-01) and "
-                        "import the parts in one call")
+        notes.append(f"epoch units change inside the file: {', '.join(f'{n:,} in {u}' for u, n in present)} "
+                     f"(first change at data row {switch + 1}); each value read in its own unit")
     return pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC"), notes
 
 def read_times(col: pd.Series, where: str) -> tuple[pd.DatetimeIndex, list[str]]:
@@ -225,7 +283,7 @@ def _read_csv(path: Path, **kw) -> pd.DataFrame:
 def _read_raw(path: Path) -> tuple[pd.DataFrame, int, dict]:
     "The file as a DataFrame with named columns, the number of header lines, and what the header showed."
     suffixes = "".join(path.suffixes).lower()
-    check_file(path, parquet="parquet" in suffixes or suffixes.endswith(".pq"))  # folder, binary, truncated, too wide
+    check_file(path, parquet=suffixes.endswith((".parquet", ".pq")))  # folder, missing, binary, truncated, too wide
     if suffixes.endswith((".parquet", ".pq")):
         try:
             frame = pd.read_parquet(path)
@@ -233,6 +291,7 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int, dict]:
             raise DataError(f"{path}: cannot be read as Parquet ({e})") from e
         if isinstance(frame.index, pd.DatetimeIndex):
             frame = frame.rename_axis("timestamp").reset_index()
+        check_fields(frame, str(path))
         return frame, 1, {}
     try:
         lines, delim = _header(path)
@@ -261,15 +320,13 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int, dict]:
         frame = _read_csv(path, header=0, encoding="utf-8-sig", sep=delim)
         frame.columns = [str(c).strip() for c in frame.columns]
         check_fields(frame, str(path))
-        if any(pd.api.types.is_float_dtype(frame[c]) and np.isinf(frame[c].to_numpy()).any() for c in frame.columns):
-            check_fields(pd.read_csv(path, dtype=str, encoding="utf-8-sig", sep=delim), str(path))  # an overlong number reads as inf
         return frame, 1, {}
     except DataError:
         raise
-    except (ValueError, OSError, UnicodeDecodeError, EOFError, zlib.error) as e:
-        what = "truncated or corrupt compressed file" if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) else \
-            "cannot be read as CSV"
-        raise DataError(f"{path}: {what} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: truncated or corrupt compressed file ({type(e).__name__}); download or export it again") from None
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot be read as CSV ({' '.join(str(e).split())[:200]})") from e
 
 def detect_layout(columns, headerless: int | None = None) -> str:
     "The layout (a key of `LAYOUTS`) of a file with these columns; raises `DataError` for none."
@@ -608,63 +665,3 @@ def read_price_file(path, asset: str | None = None, allow_jumps: bool = False) -
     f = import_file(path, asset, allow_jumps)
     return f.frame.drop(columns="_row"), f.layout
 
-
-# %% ../nbs/02_data.ipynb #0a518b9e
-import bz2
-import gzip
-import lzma
-import zlib
-from .config import get_limits
-
-_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-
-def check_file(path: Path, parquet: bool = False) -> None:
-    """The file-opening edge: raise `DataError` for a missing file, a folder, binary content in a CSV, a compressed file
-    that ends early, or a header wider than the limits' `max_columns` (`PORTOPT_MAX_COLUMNS`), before anything is parsed."""
-    limits = get_limits()
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder; give a CSV or Parquet file")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if parquet:
-        import pyarrow.parquet as pq
-        try:
-            n = len(pq.read_schema(path).names)
-        except Exception as e:
-            raise DataError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e})") from None
-        if n > limits.max_columns:
-            raise DataError(f"{path}: {n:,} columns, more than the limit of {limits.max_columns:,} (PORTOPT_MAX_COLUMNS)")
-        return
-    opener = _OPENERS.get(path.suffix.lower(), open)
-    try:
-        with opener(path, "rb") as f:
-            head = f.read(1 << 16)
-            commas, chunk = 0, head
-            while chunk:   # count the header's columns without reading a huge header line whole
-                line_end = chunk.find(b"\n")
-                commas += chunk.count(b",", 0, None if line_end < 0 else line_end)
-                if line_end >= 0 or commas >= limits.max_columns:
-                    break
-                chunk = f.read(1 << 16)
-            if opener is not open:
-                while f.read(1 << 20):   # read to the end: a truncated stream fails here, not half-way through parsing
-                    pass
-    except (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, OSError) as e:
-        raise DataError(f"{path}: truncated or corrupt compressed file ({type(e).__name__}: {e}); download or export it again") from None
-    if b"\x00" in head:
-        raise DataError(f"{path}: binary content (NUL bytes), not CSV text; give a CSV or Parquet file")
-    if commas >= limits.max_columns:
-        raise DataError(f"{path}: more than {limits.max_columns:,} columns in the header (PORTOPT_MAX_COLUMNS)")
-
-def check_fields(frame: pd.DataFrame, where: str) -> None:
-    "Raise `DataError` for a column name or field longer than the limits' `max_field` characters (`PORTOPT_MAX_FIELD`)."
-    limit = get_limits().max_field
-    long_names = [c for c in frame.columns if len(str(c)) > limit]
-    if long_names:
-        raise DataError(f"{where}: a column name of {len(str(long_names[0])):,} characters (limit {limit:,}, PORTOPT_MAX_FIELD)")
-    for c in frame.columns:
-        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype):
-            n = frame[c].astype(str).str.len()
-            if len(n) and n.max() > limit:
-                raise DataError(f"{where}: a field of {int(n.max()):,} characters in column {str(c)[:40]!r}, row {int(n.values.argmax()) + 1} "
-                                f"(limit {limit:,}, PORTOPT_MAX_FIELD)")

@@ -61,11 +61,13 @@ def _no_secrets(params: dict) -> None:
 
 def run_report(name: str = "portfolio", parameters: dict | None = None, *, store: Store | None = None,
                trigger: str = "manual", reports_dir: Path | None = None, runs_dir: Path | None = None,
-               kernel_name: str = "python3", progress: bool = False, kernel_manager=None) -> ReportRun:
+               kernel_name: str = "python3", progress: bool = False, kernel_manager=None,
+               run_id: str | None = None) -> ReportRun:
     """Execute `reports/<name>.ipynb` with `parameters` (papermill) and export it to HTML.
 
     `store`: where the run is recorded and the report reads (default: `open_store()`). `kernel_manager`: a
-    running jupyter_client kernel manager to execute in (the listener's warm kernel); default: a new kernel. Raises
+    running jupyter_client kernel manager to execute in (the listener's warm kernel); default: a new kernel. `run_id`:
+    a `runs` row already claimed for this run (the listener's unit of work); default: a new row. Raises
     `ConfigError` for an unknown report and `ReportError` when a cell fails; either way a failed run
     is recorded with its error, and the partial notebook and HTML stay in the run's folder."""
     import papermill as pm
@@ -78,9 +80,9 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
     store = store or open_store()
     try:
         folder = _run_folder(Path(runs_dir or settings.runs_dir), name)
-        params = dict(parameters or {}, store_path=str(store.path), output_dir=str(folder))
+        params = dict({"recompute": True}, **(parameters or {}), store_path=str(store.path), output_dir=str(folder))
         _no_secrets(params)
-        run_id = store.start_run(name, params, trigger)
+        run_id = run_id or store.start_run(name, params, trigger)
         out, html = folder / f"{name}.ipynb", folder / f"{name}.html"
         try:
             pm.execute_notebook(str(source), str(out), parameters=dict(params, run_id=run_id), kernel_name=kernel_name,

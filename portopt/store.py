@@ -18,6 +18,7 @@ import pandas as pd
 
 from .clean import LONG_COLUMNS, parse_timestamps, to_utc, to_wide, validate_long
 from .config import ConfigError, DataError, StoreError, get_limits, get_settings
+from .portfolio import portfolio_settings_from
 from .data import dataset_info, load_dataset
 
 # %% auto #0
@@ -75,6 +76,12 @@ MIGRATIONS = [  # (version, SQL): append, never edit a released one
     # index on the data a backtest ran on, for the trial registry of `portopt.sweep`
     (2, """ALTER TABLE backtests ADD COLUMN detail TEXT;
 CREATE INDEX backtests_data_hash ON backtests (json_extract(config, '$.data_hash'))"""),
+    # 3: units of work (the listener's (event, portfolio) pairs): a run claims its unit with a lease, so a unit has
+    # one runs row, a killed worker's unit is reclaimed when its lease expires, and a failed unit can be retried
+    (3, """ALTER TABLE runs ADD COLUMN unit TEXT;
+ALTER TABLE runs ADD COLUMN lease_until TEXT;
+ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX runs_unit ON runs (unit)"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 TABLES = ("assets", "prices", "market_metrics", "portfolios", "holdings", "optimizations",
@@ -262,6 +269,26 @@ class Store(ABC):
     @abstractmethod
     def read_reallocations(self, portfolio: str | None = None, limit: int = 100) -> pd.DataFrame:
         "Latest reallocations first; `plan` decoded to a dict."
+
+    @abstractmethod
+    def delete_portfolio(self, portfolio: str) -> int:
+        """Delete a portfolio with everything it owns (holdings, optimizations, reallocations, alerts, and the
+        backtests whose config names it), in one transaction; returns the rows deleted. Raises `StoreError` for an
+        unknown portfolio."""
+
+    @abstractmethod
+    def claim_unit(self, unit: str, job: str, parameters: dict, trigger: str = "event", lease_seconds: float = 300.0,
+                   retry_failed: bool = False) -> str | None:
+        """Claim the unit of work `unit` (e.g. `rebalance:<event id>:<portfolio>`) and its `runs` row in one
+        transaction: a new unit gets a `running` row; a `running` unit whose lease (`lease_seconds`) has expired is
+        reclaimed (same row, `attempts` + 1); a `failed` unit only with `retry_failed`. Returns the run id, or `None`
+        when the unit is done or held by a live lease — a unit never has two rows."""
+
+    @abstractmethod
+    def read_units(self, status: str | None = None) -> pd.DataFrame:
+        """The runs that are units of work (`unit` set), oldest first; `status`: `running`, `failed`,
+        `succeeded` or `expired` (running with a lapsed lease). Columns of `read_runs` with `unit`, `lease_until`,
+        `attempts`."""
 
     @abstractmethod
     def mark_events_consumed(self, ids) -> int:
@@ -641,6 +668,7 @@ class SQLiteStore(Store):
     def upsert_portfolio(self, portfolio, owner=None, quote="USD", wallet=None, settings=None):
         if not portfolio or not str(portfolio).strip():
             raise ConfigError("a portfolio needs a name")
+        portfolio_settings_from(settings, portfolio)  # refused before anything is written
         with self._transaction() as conn:
             conn.execute("""INSERT INTO portfolios (portfolio, owner, quote, wallet, settings, created_at)
                             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (portfolio) DO UPDATE SET owner = excluded.owner,
@@ -746,6 +774,42 @@ class SQLiteStore(Store):
                                 params=[topic] if topic else [])
         out["payload"] = out["payload"].map(json.loads)
         return out
+
+    # -- units of work, deleting a portfolio -----------------------------------------------
+    def claim_unit(self, unit, job, parameters, trigger="event", lease_seconds=300.0, retry_failed=False):
+        now = utc_now()
+        lease = (pd.Timestamp(now) + pd.Timedelta(seconds=float(lease_seconds))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        with self._transaction() as conn:  # BEGIN IMMEDIATE: one writer claims at a time
+            row = conn.execute("""INSERT INTO runs (id, job, trigger, parameters, status, started_at, unit, lease_until, attempts)
+                                  VALUES (?, ?, ?, ?, 'running', ?, ?, ?, 1)
+                                  ON CONFLICT (unit) DO UPDATE SET status = 'running', started_at = excluded.started_at,
+                                      finished_at = NULL, error = NULL, lease_until = excluded.lease_until,
+                                      attempts = runs.attempts + 1
+                                  WHERE (runs.status = 'failed' AND ?) OR (runs.status = 'running' AND runs.lease_until < ?)
+                                  RETURNING id""",
+                               (content_id("run", job, unit), job, trigger, to_json(parameters), now, unit, lease,
+                                bool(retry_failed), now)).fetchone()
+        return None if row is None else row[0]
+
+    def read_units(self, status=None):
+        where, args = ["unit IS NOT NULL"], []
+        if status == "expired":
+            where.append("status = 'running' AND lease_until < ?"); args.append(utc_now())
+        elif status is not None:
+            where.append("status = ?"); args.append(status)
+        out = pd.read_sql_query(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY started_at, id", self.conn, params=args)
+        out["parameters"] = out["parameters"].map(json.loads)
+        return out
+
+    def delete_portfolio(self, portfolio):
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM portfolios WHERE portfolio = ?", (portfolio,)).fetchone() is None:
+                raise StoreError(f"no portfolio {portfolio!r} in {self.path}")
+            n = sum(conn.execute(f"DELETE FROM {t} WHERE portfolio = ?", (portfolio,)).rowcount
+                    for t in ("holdings", "optimizations", "reallocations", "alerts"))
+            n += conn.execute("DELETE FROM backtests WHERE json_extract(config, '$.portfolio') = ?", (portfolio,)).rowcount
+            return n + conn.execute("DELETE FROM portfolios WHERE portfolio = ?", (portfolio,)).rowcount
+
 
 # %% ../nbs/03_store.ipynb #4e841e9e
 def open_store(path=None) -> Store:

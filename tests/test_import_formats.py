@@ -73,13 +73,17 @@ def test_headerless_binance_dumps_in_ms_and_us_import_together(cli, store_path, 
     assert list(stored.index) == list(ref["timestamp"]) and np.array_equal(stored.to_numpy(), ref["close"].to_numpy())
 
 
-def test_one_file_mixing_ms_and_us_is_refused(tmp_path):
+def test_headerless_binance_dump_with_ms_then_us_timestamps(tmp_path):
+    "data.binance.vision files have no header, and from 2025 their times are in µs: a file holding both reads right."
     lines = BINANCE_1H.read_text().splitlines()[1:]
     us = [",".join([str(int(c) * 1000) if i in (0, 6) else c for i, c in enumerate(l.split(","))]) for l in lines[400:]]
     path = tmp_path / "BTCUSDT-1h-2023-01.csv"
     path.write_text("\n".join(lines[:400] + us) + "\n")
-    with pytest.raises(Exception, match=r"timestamps mix units \(400 in ms, 344 in us\): .* data row 400 and .* data row 401; split"):
-        import_file(path)
+    f = import_file(path)
+    ref = import_file(BINANCE_1H)
+    assert f.layout == "binance" and len(f.frame) == 744
+    pd.testing.assert_series_equal(f.frame["timestamp"], ref.frame["timestamp"])
+    assert any("epoch units change inside the file: 400 in ms, 344 in us (first change at data row 401)" in n for n in f.notes)
 
 
 def test_bybit_v5_kline_with_a_date_column(tmp_path):
