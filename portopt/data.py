@@ -10,6 +10,7 @@ import functools
 import glob as globmod
 import gzip
 import re
+import zlib
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -604,13 +605,14 @@ def import_file(path, asset: str | None = None, allow_jumps: bool = False) -> Pr
                              "_row": np.arange(2, 2 + len(raw))})
     else:
         long = _long_from(frame, layout, path, asset, meta, notes, header_lines)
+    if layout == "ohlcv" and "open_time" in {str(c).lower() for c in frame.columns}:
+        layout = "binance"  # Binance's kline columns with a symbol column (python-binance dumps)
+    del frame  # the raw table is no longer needed: free it before the checks copy columns
     long = _check_rows(long, where, allow_jumps, notes)
     long = collapse_duplicates(long, where, notes)
     check_frequencies(long, where, notes)
     out = validate_long(long.drop(columns="_row"), where)
     out["_row"] = long["_row"].to_numpy()
-    if layout == "ohlcv" and "open_time" in {str(c).lower() for c in frame.columns}:
-        layout = "binance"  # Binance's kline columns with a symbol column (python-binance dumps)
     source = layout if layout in ("coingecko", "binance", "bybit", "ccxt", "kraken", "yahoo") else f"file:{path.name}"
     return PriceFile(path, out, layout, source, notes)
 
@@ -643,16 +645,18 @@ def import_files(paths, asset: str | None = None, source: str | None = None,
             if seen[0] != bar:
                 raise DataError(f"{f.path}: {bar_words(bar)} bars of {a}, but {seen[1]} has {bar_words(seen[0])} bars of it "
                                 f"under the same source {src!r}; import each frequency under its own --source")
-        by_source.setdefault(source or f.source, []).append(f.frame.assign(_file=str(f.path)))
+        by_source.setdefault(src, []).append(f)
     batches, notes = {}, []
-    for src, frames in by_source.items():
-        long = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        if len(frames) > 1:
-            long = long.sort_values(["asset", "timestamp"], kind="stable", ignore_index=True)
-            before = len(notes)
-            long = collapse_duplicates(long, f"source {src}", notes)
-            notes[before:] = [f"source {src}: {n}" for n in notes[before:]]
-            check_frequencies(long, f"source {src}", notes)
+    for src, group in by_source.items():
+        if len(group) == 1:  # one file: already checked, written as it is (no copy: a large file's memory counts)
+            batches[src] = group[0].frame.drop(columns="_row")
+            continue
+        long = pd.concat([f.frame.assign(_file=str(f.path)) for f in group], ignore_index=True)
+        long = long.sort_values(["asset", "timestamp"], kind="stable", ignore_index=True)
+        before = len(notes)
+        long = collapse_duplicates(long, f"source {src}", notes)
+        notes[before:] = [f"source {src}: {n}" for n in notes[before:]]
+        check_frequencies(long, f"source {src}", notes)
         batches[src] = long.drop(columns=["_row", "_file"]).reset_index(drop=True)
     return files, batches, notes
 

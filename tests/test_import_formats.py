@@ -58,6 +58,21 @@ def test_kraken_gaps_are_kept_and_said():
     assert "BTC: 12 missing 1 day bar(s) inside its span (kept as gaps, nothing filled)" in f.notes
 
 
+def test_headerless_binance_dumps_in_ms_and_us_import_together(cli, store_path, tmp_path):
+    "data.binance.vision files have no header, and from 2025 their times are in µs: the two kinds import in one call."
+    lines = BINANCE_1H.read_text().splitlines()[1:]
+    us = [",".join([str(int(c) * 1000) if i in (0, 6) else c for i, c in enumerate(l.split(","))]) for l in lines[400:]]
+    (tmp_path / "ms").mkdir(); (tmp_path / "us").mkdir()
+    (tmp_path / "ms" / "BTCUSDT-1h-2023-01.csv").write_text("\n".join(lines[:400]) + "\n")
+    (tmp_path / "us" / "BTCUSDT-1h-2023-01.csv").write_text("\n".join(us) + "\n")
+    out = cli("import", str(tmp_path / "*" / "BTCUSDT-1h-2023-01.csv")).stdout
+    assert "source 'binance': 744 new" in out
+    with SQLiteStore(store_path) as st:
+        stored = st.read_prices(["BTC"], source="binance")["BTC"]
+    ref = import_file(BINANCE_1H).frame
+    assert list(stored.index) == list(ref["timestamp"]) and np.array_equal(stored.to_numpy(), ref["close"].to_numpy())
+
+
 def test_headerless_binance_dump_with_ms_then_us_timestamps(tmp_path):
     "data.binance.vision files have no header, and from 2025 their times are in µs: a file holding both reads right."
     lines = BINANCE_1H.read_text().splitlines()[1:]
@@ -208,3 +223,18 @@ def test_conflict_across_two_files_names_both(cli, store_path, tmp_path):
     b.write_text("\n".join([lines[0], _set_close(lines[100], "1.5e4")] + lines[101:]) + "\n")
     proc = cli("import", a, b, check=False)
     assert proc.returncode == 1 and f"{a} row 101 and {b} row 2: two different close values for BTC" in proc.stderr, proc.stderr
+
+
+def test_write_prices_many_on_both_stores_checks_every_batch_first(store):
+    "The contract: several sources in one call; a bad batch anywhere leaves the store as it was."
+    hourly, daily = import_file(BINANCE_1H).frame.drop(columns="_row"), import_file(KRAKEN).frame.drop(columns="_row")
+    bad = daily.head(3).assign(close=[1.0, -2.0, 3.0])
+    with pytest.raises(Exception, match="non-positive close price -2"):
+        store.write_prices_many([(hourly, "binance"), (bad, "kraken")])
+    assert store.price_coverage().empty
+    res = store.write_prices_many([(hourly, "binance"), (daily, "kraken")])
+    assert [(r.inserted, r.unchanged) for r in res] == [(744, 0), (3178, 0)]
+    cov = store.price_coverage().set_index("source")["prices"].to_dict()
+    assert cov == {"binance": 744, "kraken": 3178}
+    got = store.read_prices(["BTC"], source="binance")["BTC"]
+    assert np.allclose(got.to_numpy(), hourly["close"].to_numpy(), rtol=0, atol=0)
