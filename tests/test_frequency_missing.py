@@ -132,3 +132,13 @@ def test_backtest_logs_exclusions_per_decision(cli, gappy):
     assert set(ex) == {"ETH"} and "missing return" in ex["ETH"]
     log = pd.DataFrame(out["results"]["min_variance"]["log"])
     assert (log["event"] == "excluded").sum() >= 1 and log.loc[log["event"] == "excluded", "detail"].str.startswith("ETH: ").all()
+
+
+def test_the_report_says_what_was_excluded(cli, gappy, tmp_path, store_path):
+    path, _ = gappy
+    cli("import", path, "--source", "gappy")
+    cli("run", "--report", "backtest", "--source", "gappy", "--assets", "BTC,ETH,SOL", "--strategies", "min_variance",
+        "--window", "60", "--rebalance-every", "5", "--start", "2022-06-01")
+    html = (next((tmp_path / "runs").glob("*-backtest")) / "backtest.html").read_text()
+    assert "daily bars, 365 periods a year, inferred" in html
+    assert "Excluded from some decisions" in html and "min_variance: ETH" in html
