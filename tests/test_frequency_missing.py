@@ -142,3 +142,20 @@ def test_the_report_says_what_was_excluded(cli, gappy, tmp_path, store_path):
     html = (next((tmp_path / "runs").glob("*-backtest")) / "backtest.html").read_text()
     assert "daily bars, 365 periods a year, inferred" in html
     assert "Excluded from some decisions" in html and "min_variance: ETH" in html
+
+
+def test_library_walk_forward_and_rolling_weights_report_exclusions():
+    from portopt.backtest import walk_forward
+    from portopt.clean import returns
+    from portopt.walkforward import rolling_weights
+    p = load_prices(assets=["BTC", "ETH", "SOL"], start="2022-01-01")
+    p.iloc[-10, p.columns.get_loc("ETH")] = np.nan
+    w = rolling_weights(returns(p), "min_variance", window=60, rebalance_every=5)
+    ex = [d["excluded"] for d in w.attrs["diagnostics"] if d["excluded"]]
+    assert ex and all(set(e) == {"ETH"} for e in ex) and (w.loc[w.index[-1], "ETH"] == 0)
+    with pytest.raises(DataError, match="ETH: 2 missing returns"):
+        rolling_weights(returns(p), "min_variance", window=60, rebalance_every=5, missing="raise")
+    kept = walk_forward(p, "min_variance", window=60, rebalance_every=5, missing="ffill", max_fill=1)
+    assert (kept.log["event"] == "excluded").sum() == 0 and kept.log["event"].tolist()[:2] == ["frequency", "filled"]
+    dropped = walk_forward(p, "min_variance", window=60, rebalance_every=5)
+    assert (dropped.log["event"] == "excluded").sum() >= 1
