@@ -459,6 +459,7 @@ def _check_weights(w, assets, long_short: bool = False) -> pd.Series | None:
     return w / w.sum()
 
 SOLVER_LOG = logging.getLogger("portopt.solvers")  # what solvers print goes here, never to stdout
+_CAPTURE = None  # (pid, scratch file) of solver_output
 
 @contextlib.contextmanager
 def solver_output():
@@ -472,8 +473,14 @@ def solver_output():
         fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
     except (OSError, ValueError, io.UnsupportedOperation):  # a StringIO or a notebook stream: fd 1 is the real one
         fd = 1
+    global _CAPTURE
+    if _CAPTURE is None or _CAPTURE[0] != os.getpid():  # one scratch file per process, reused (a new one costs ~0.5 ms)
+        _CAPTURE = (os.getpid(), tempfile.TemporaryFile(mode="w+b"))
+    tmp = _CAPTURE[1]
+    tmp.seek(0)
+    tmp.truncate()
     saved = os.dup(fd)
-    with tempfile.TemporaryFile(mode="w+b") as tmp, contextlib.redirect_stdout(io.StringIO()) as py:
+    with contextlib.redirect_stdout(io.StringIO()) as py:
         os.dup2(tmp.fileno(), fd)
         try:
             yield captured
