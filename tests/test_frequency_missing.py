@@ -120,7 +120,7 @@ def test_losing_more_than_half_the_assets_is_an_error(cli, tmp_path):
     path = tmp_path / "holes.csv"
     p.rename_axis("timestamp").to_csv(path)
     proc = cli("optimize", "--prices", path, "--window", "90", check=False)
-    assert proc.returncode == 1 and "2 of the 3 assets asked for have missing returns, more than half" in proc.stderr
+    assert proc.returncode == 1 and "2 of the 3 assets asked for (that trade) have missing returns, more than half" in proc.stderr
     assert "BTC: 2 missing returns" in proc.stderr and proc.stderr.count("\n") == 1
 
 
