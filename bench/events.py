@@ -2,10 +2,15 @@
 reallocation decision, with the listener running: through papermill (reports/rebalance.ipynb) in the listener's
 warm kernel, through papermill with a new kernel per run, and directly.
 
-    .venv/bin/python bench/events.py [--repeats 5]
+    .venv/bin/python bench/events.py [--repeats 5] [--case latency|scale|all]
 
 Starts its own local stack (supabase/local/stack.py, its own folder and port), prints the median and the worst
 of `repeats` inserts for each mode against the targets of issue 6: below 5 s through papermill, below 0.5 s directly.
+
+The scale case (issue 14): one price event touching 200 portfolios of 20 owners, drained by one listener process,
+then (a second event) by two; prints portfolios per second for each and the ratio (target: two >= 1.5x one), and
+checks exactly one decision per portfolio and event. The listeners are processes started and warmed (imports, a
+connection) before the insert; the clock runs from the insert to the 200th decision.
 """
 import argparse
 import json
@@ -29,6 +34,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--port", type=int, default=56421)
+    ap.add_argument("--case", choices=("latency", "scale", "all"), default="all")
+    ap.add_argument("--portfolios", type=int, default=200)
+    ap.add_argument("--owners", type=int, default=20)
     args = ap.parse_args()
     state = tempfile.mkdtemp(prefix="portopt-bench-")
     env = dict(os.environ, PORTOPT_STACK_DIR=state, PORTOPT_STACK_PORT=str(args.port))
@@ -49,7 +57,11 @@ def main() -> int:
         st.upsert_portfolio("fund", settings={"assets": ["SOL", "USDC"], "strategy": "min_variance", "window": 30})
         st.write_holdings("fund", pd.Series({"SOL": 10.0, "USDC": 100.0}), days[0])
         st.mark_events_consumed(st.read_events(pending_only=True)["id"].tolist())
-        k = 0
+        if args.case in ("scale", "all"):
+            scale(st, days, args.portfolios, args.owners)
+        if args.case == "scale":
+            return 0
+        k = 100
         results = {}
         for mode in TARGETS:
             listener = Listener(st, papermill=mode != "direct", warm_kernel="new kernel" not in mode, poll_interval=5.0)
@@ -80,6 +92,68 @@ def main() -> int:
     finally:
         subprocess.run(stack + ["destroy"], env=env, capture_output=True)
     return 0
+
+
+def _worker(ready, go, done):
+    "A listener process: warm up, wait for the start, drain what is pending (direct rebalancing), report its units."
+    from portopt.events import Listener
+    from portopt.supabase import SupabaseStore
+    st = SupabaseStore()
+    listener = Listener(st, papermill=False, poll_interval=0.05)
+    st.read_portfolios()
+    ready.set()
+    go.wait()
+    listener.handle_pending()
+    done.put(sum(u.status == "succeeded" for u in listener.units))
+    listener.close()
+    st.close()
+
+
+def scale(st, days, n: int, owners: int) -> None:
+    "One event touching `n` portfolios of `owners` owners, drained by one listener process, then by two."
+    import multiprocessing as mp
+    for i in range(n):
+        st.upsert_portfolio(f"s{i:03d}", owner=f"owner{i % owners:02d}",
+                            settings={"assets": ["SOL", "USDC"], "strategy": "min_variance", "window": 30})
+        st.write_holdings(f"s{i:03d}", pd.Series({"SOL": 10.0 + i, "USDC": 100.0 + i}), days[0])
+    st.mark_events_consumed(st.read_events(pending_only=True)["id"].tolist())
+    ctx = mp.get_context("spawn")
+    rates = {}
+    for k, listeners in ((1, 1), (2, 2)):
+        ready, go, done = [ctx.Event() for _ in range(listeners)], ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_worker, args=(r, go, done)) for r in ready]
+        for p in procs:
+            p.start()
+        for r in ready:
+            r.wait(120)
+        day = (days[-1] + pd.Timedelta(days=k)).isoformat()
+        t0 = time.perf_counter()
+        st.client.table("prices").insert([{"asset": "SOL", "ts": day, "source": "rest", "close": 100.0 + k},
+                                          {"asset": "USDC", "ts": day, "source": "rest", "close": 1.0}]).execute()
+        go.set()
+        at = day.replace("+00:00", "Z")
+        while True:  # a cheap count (the listeners share these 2 cores): decisions of this event's time
+            r = (st.client.table("reallocations").select("id", count="exact").eq("as_of", at).like("portfolio", "s%")
+                 .limit(1).execute())
+            if (r.count or 0) >= n:
+                break
+            time.sleep(0.5)
+        units = st.read_units()
+        mine = units[units["parameters"].map(lambda p: p.get("as_of") == at and p["portfolio"].startswith("s"))]
+        seconds = time.perf_counter() - t0
+        per = [done.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(60)
+        decisions = st.read_reallocations(limit=100_000)
+        decisions = decisions[(decisions["as_of"] == day.replace("+00:00", "Z")) & decisions["portfolio"].str.startswith("s")]
+        counts = decisions.groupby("portfolio").size()
+        assert len(mine) == n and (mine["status"] == "succeeded").all(), mine["status"].value_counts()
+        assert len(counts) == n and (counts == 1).all(), "a portfolio has more or fewer than one decision"
+        rates[listeners] = n / seconds
+        print(f"{n} portfolios ({owners} owners), {listeners} listener(s): {seconds:.1f} s, {rates[listeners]:.1f} portfolios/s; "
+              f"units per listener {per}; exactly one decision per portfolio")
+    ratio = rates[2] / rates[1]
+    print(f"two listeners / one: {ratio:.2f}x (target >= 1.5x: {'meets' if ratio >= 1.5 else 'MISSES'})")
 
 
 if __name__ == "__main__":

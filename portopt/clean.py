@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, DataError
+from .config import ConfigError, DataError, check_calendar, check_years, epoch_unit
 
 # %% auto #0
 __all__ = ['PRICE_FIELDS', 'LONG_COLUMNS', 'MISSING_POLICIES', 'to_utc', 'parse_timestamps', 'validate_long', 'to_wide',
@@ -40,6 +40,13 @@ def parse_timestamps(values, what: str = "timestamp") -> pd.DatetimeIndex:
         idx = pd.DatetimeIndex(values)
         return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
     s = pd.Series(values, dtype="object").astype(str).str.strip()
+    if len(s) and s.str.fullmatch(r"\d{9,20}(?:\.\d+)?").all():   # Unix time: the unit (s, ms, us, ns) from the magnitude
+        num = pd.to_numeric(s)
+        unit = epoch_unit(float(num.abs().max()))
+        if unit is None or unit != epoch_unit(float(num.abs().min())):
+            raise DataError(f"{what}: Unix times {s.iloc[0]!r} … {s.iloc[-1]!r} mix units (s, ms, us, ns); write one unit, or ISO 8601 dates")
+        return pd.DatetimeIndex(pd.to_datetime(num, unit=unit, utc=True))
+    _check_dates(s, what)
     zones = s.str.extract(f"({_ZONE.pattern})", flags=re.IGNORECASE)[0].fillna("").str.strip().str.lower()
     kinds = {("utc" if z in _UTC_SUFFIXES else z) for z in zones}
     if len(kinds) > 1:
@@ -55,6 +62,19 @@ def parse_timestamps(values, what: str = "timestamp") -> pd.DatetimeIndex:
     if idx.isna().any():
         raise DataError(f"empty {what} in row {int(np.flatnonzero(idx.isna())[0]) + 1}; every row needs a timestamp")
     return idx
+
+# %% ../nbs/01_clean.ipynb #47c25320
+def _check_dates(s: pd.Series, what: str) -> None:
+    "Refuse the first `YYYY-MM-DD...` text that is no calendar date (`2021-13-45`) or has no 4-digit year (`1-01-01`)."
+    parts = s.str.extract(r"^(\d{1,6})-(\d{1,2})-(\d{1,2})(?:$|[T\s])")
+    has = parts[0].notna()
+    if not has.any():
+        return
+    dates = pd.to_datetime(parts[0].str.zfill(4) + "-" + parts[1].str.zfill(2) + "-" + parts[2].str.zfill(2),
+                           format="%Y-%m-%d", errors="coerce")
+    bad = has & (dates.isna() | (parts[0].str.len() != 4))
+    if bad.any():
+        check_calendar(s[bad].iloc[0], what)
 
 # %% ../nbs/01_clean.ipynb #ae9162b8
 def _first_bad(frame: pd.DataFrame, mask: pd.Series) -> str:
@@ -76,6 +96,10 @@ def validate_long(frame: pd.DataFrame, where: str = "data") -> pd.DataFrame:
     if not isinstance(out["timestamp"].dtype, pd.DatetimeTZDtype):
         out["timestamp"] = parse_timestamps(out["timestamp"], f"{where} timestamp")
     out["timestamp"] = out["timestamp"].dt.tz_convert("UTC")
+    years = out["timestamp"].dt.year
+    odd = (years < 1900) | (years > 2200)
+    if odd.any():   # outside the years of market data: refused here, so they are never stored (unless allowed)
+        check_years([int(years[odd].iloc[0])], f"{where} timestamp", out["timestamp"][odd].iloc[0].isoformat())
     asset = out["asset"].astype("string").str.strip()
     if asset.isna().any() or (asset == "").any():
         raise DataError(f"{where}: empty asset name in row {int(np.flatnonzero(asset.isna() | (asset == ''))[0]) + 1}")
@@ -83,7 +107,9 @@ def validate_long(frame: pd.DataFrame, where: str = "data") -> pd.DataFrame:
     for col in ("open", "high", "low", "close", "volume", "market_cap"):
         raw = out[col]
         num = pd.to_numeric(raw, errors="coerce")
-        bad = num.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+        bad = num.isna() & raw.notna()
+        if bad.any():  # only the cells that did not parse are looked at as text (a blank is a missing value)
+            bad &= raw.astype(str).str.strip() != ""
         if bad.any():
             raise DataError(f"{where}: non-numeric {col} {raw[bad].iloc[0]!r} for {_first_bad(out, bad)}; "
                             "write plain numbers (a dot for decimals, no thousands separators or currency signs)")

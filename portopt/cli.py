@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,48 @@ from .store import open_store
 
 # %% auto #0
 __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt', 'SourceOpt',
-           'MissingOpt', 'ViewsOpt', 'MaxFillOpt', 'collect_app', 'ConfigFileOpt', 'supabase_app', 'Loaded', 'run',
-           'import_', 'optimize_', 'backtest_', 'reallocate_', 'collect_market_', 'collect_solana_', 'listen',
-           'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate', 'main', 'sweep_']
+           'MissingOpt', 'ViewsOpt', 'MaxFillOpt', 'portfolio_app', 'collect_app', 'ConfigFileOpt', 'supabase_app',
+           'Loaded', 'run', 'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'portfolio_create',
+           'portfolio_holdings', 'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_',
+           'collect_solana_', 'listen', 'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate',
+           'main', 'sweep_']
+
+# %% ../nbs/90_cli.ipynb #8ed55e42
+from .config import UsageError, name_list, nonnegative, one_line, parse_date, positive, positive_int
+
+def _checked(fn, name: str):
+    "A typer callback: `fn(value, name)` (a validator of `portopt.config`) raises `UsageError` for a bad value; the value is kept."
+    def callback(value):
+        if value is not None:
+            fn(value, name)
+        return value
+    return callback
+
+def _one_of(table, name: str, many: bool = False):
+    "A typer callback: the value (or each comma-separated value, with `many`) is a name, or a code, of `table`."
+    def callback(value):
+        if value is None:
+            return value
+        known = list(table) + (list(table.values()) if isinstance(table, dict) and all(isinstance(v, str) for v in table.values()) else [])
+        for v in (name_list(value, name) if many else [str(value).strip()]):
+            if v not in known:
+                raise UsageError(f"{name} {v!r}: choose one of {', '.join(table)}")
+        return value
+    return callback
+
+def _numbers_each(fn, name: str, names=()):
+    "A typer callback for a comma-separated list of numbers (or `names`), each checked with `fn`."
+    def callback(value):
+        if value is not None:
+            for v in name_list(value, name):
+                if v not in names:
+                    fn(v, name)
+        return value
+    return callback
+
+def _periods(name: str):
+    "A typer callback for a rebalance period: a whole number ≥ 1, or weekly / monthly."
+    return _numbers_each(positive_int, name, names=("weekly", "monthly"))
 
 # %% ../nbs/90_cli.ipynb #a995731d
 app = typer.Typer(help="portopt: collect, clean, store, optimize and backtest portfolios; reports as notebooks.",
@@ -37,10 +77,10 @@ app = typer.Typer(help="portopt: collect, clean, store, optimize and backtest po
 StoreOpt = Annotated[Optional[Path], typer.Option(help="SQLite store file (default: $PORTOPT_STORE or data/portopt.sqlite).")]
 DatasetOpt = Annotated[Optional[str], typer.Option(help=f"A bundled dataset: {', '.join(DATASETS)}.")]
 PricesOpt = Annotated[Optional[Path], typer.Option("--prices", help="Your price file (CoinGecko, long OHLCV or wide; CSV or Parquet).")]
-AssetsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated assets to use (default: all in the data).")]
-StrategyOpt = Annotated[str, typer.Option(help=f"One of: {', '.join(STRATEGIES)}.")]
-AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", help="Use only data stamped at or before this UTC date.")]
-PPYOpt = Annotated[Optional[int], typer.Option(help="Periods per year for annualizing (8760 hourly 24/7, 365 daily 24/7, 252 weekday sessions, 52, 12); default: inferred from the data and printed.")]
+AssetsOpt = Annotated[Optional[str], typer.Option(callback=_checked(name_list, "--assets"), help="Comma-separated assets to use (default: all in the data).")]
+StrategyOpt = Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategy"), help=f"One of: {', '.join(STRATEGIES)}.")]
+AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", callback=_checked(parse_date, "--as-of"), help="Use only data stamped at or before this UTC date.")]
+PPYOpt = Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--periods-per-year"), help="Periods per year for annualizing (8760 hourly 24/7, 365 daily 24/7, 252 weekday sessions, 52, 12); default: inferred from the data and printed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 def _split(s: str | None) -> list[str] | None:
@@ -183,12 +223,12 @@ def _views(path: Path | None, strategy: str) -> dict:
 # %% ../nbs/90_cli.ipynb #e3f170c1
 @app.command()
 def run(assets: AssetsOpt = None,
-        strategies: Annotated[Optional[str], typer.Option(help="Comma-separated strategies (default: the report's).")] = None,
-        window: Annotated[Optional[int], typer.Option(help="Periods per estimation window.")] = None,
-        rebalance_every: Annotated[Optional[int], typer.Option(help="Periods between rebalances.")] = None,
-        start: Annotated[Optional[str], typer.Option(help="First date of the backtest.")] = None,
+        strategies: Annotated[Optional[str], typer.Option(callback=_one_of(STRATEGIES, "--strategies", many=True), help="Comma-separated strategies (default: the report's).")] = None,
+        window: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--window"), help="Periods per estimation window.")] = None,
+        rebalance_every: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--rebalance-every"), help="Periods between rebalances.")] = None,
+        start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date of the backtest.")] = None,
         as_of: AsOfOpt = None,
-        fee_bps: Annotated[Optional[float], typer.Option(help="Cost per unit of turnover, basis points.")] = None,
+        fee_bps: Annotated[Optional[float], typer.Option(callback=_checked(nonnegative, "--fee-bps"), help="Cost per unit of turnover, basis points.")] = None,
         report: Annotated[str, typer.Option(help="Report notebook in reports/ to run.")] = "portfolio",
         source: SourceOpt = None, periods_per_year: PPYOpt = None, missing: MissingOpt = "exclude", max_fill: MaxFillOpt = None,
         store: StoreOpt = None):
@@ -206,30 +246,16 @@ def run(assets: AssetsOpt = None,
         _echo_table(table[cols].astype(float).round(4))
     typer.echo(f"\nreport:   {done.html}\nnotebook: {done.notebook}\nrun id:   {done.run_id}")
 
-@app.command("import")
-def import_(path: Annotated[Path, typer.Argument(help="CSV or Parquet file: CoinGecko export, long OHLCV or wide.")],
-            asset: Annotated[Optional[str], typer.Option(help="Asset name of a CoinGecko file (default: from the file name).")] = None,
-            source: Annotated[Optional[str], typer.Option(help="Source name in the store (default: file:<name>).")] = None,
-            store: StoreOpt = None):
-    "Validate a price file and load it into the store in one transaction (re-importing changes nothing)."
-    frame, layout = read_price_file(path, asset)
-    source = source or f"file:{path.name}"
-    with open_store(store) as st:
-        res = st.write_prices(frame, source)
-        typer.echo(f"{path}: {layout} layout, {len(frame)} prices of {frame['asset'].nunique()} asset(s) "
-                   f"({frame['timestamp'].min():%Y-%m-%d} to {frame['timestamp'].max():%Y-%m-%d}); "
-                   f"{res.inserted} new, {res.updated} updated, {res.unchanged} unchanged; source {source!r} in {st.path}")
-
 @app.command("optimize")
 def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceOpt = None, strategy: StrategyOpt = "max_sharpe",
               assets: AssetsOpt = None,
-              window: Annotated[Optional[int], typer.Option(help="Periods of returns (default: the longest span all assets share).")] = None,
+              window: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--window"), help="Periods of returns (default: the longest span all assets share).")] = None,
               as_of: AsOfOpt = None, periods_per_year: PPYOpt = None, missing: MissingOpt = "exclude", max_fill: MaxFillOpt = None,
-              risk_measure: Annotated[Optional[str], typer.Option(help=f"For min_risk, max_ratio, utility, risk_parity, hrp/herc/nco: {', '.join(RISK_MEASURES)}.")] = None,
-              mu: Annotated[str, typer.Option(help=f"Expected-return estimator: {', '.join(MU_ESTIMATORS)}.")] = "historical",
-              cov: Annotated[str, typer.Option(help=f"Covariance estimator: {', '.join(COV_ESTIMATORS)}.")] = "sample",
-              risk_aversion: Annotated[float, typer.Option(help="λ of the utility strategy.")] = 2.0,
-              fraction: Annotated[float, typer.Option(help="Kelly fraction: 1 (full), 0.5 (half), 0.25 (quarter).")] = 1.0,
+              risk_measure: Annotated[Optional[str], typer.Option(callback=_one_of(RISK_MEASURES, "--risk-measure"), help=f"For min_risk, max_ratio, utility, risk_parity, hrp/herc/nco: {', '.join(RISK_MEASURES)}.")] = None,
+              mu: Annotated[str, typer.Option(callback=_one_of(MU_ESTIMATORS, "--mu"), help=f"Expected-return estimator: {', '.join(MU_ESTIMATORS)}.")] = "historical",
+              cov: Annotated[str, typer.Option(callback=_one_of(COV_ESTIMATORS, "--cov"), help=f"Covariance estimator: {', '.join(COV_ESTIMATORS)}.")] = "sample",
+              risk_aversion: Annotated[float, typer.Option(callback=_checked(nonnegative, "--risk-aversion"), help="λ of the utility strategy.")] = 2.0,
+              fraction: Annotated[float, typer.Option(callback=_checked(positive, "--fraction"), help="Kelly fraction: 1 (full), 0.5 (half), 0.25 (quarter).")] = 1.0,
               constraints: Annotated[Optional[Path], typer.Option(help="YAML file of constraints (bounds, groups, max_weight, max_assets, ...).")] = None,
               views: ViewsOpt = None, store: StoreOpt = None, json_: JsonOpt = False):
     "Weights of a strategy on the latest window of returns."
@@ -257,23 +283,23 @@ def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
 
 @app.command("backtest")
 def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceOpt = None,
-              strategy: Annotated[str, typer.Option(help=f"Strategy, or comma-separated strategies: {', '.join(STRATEGIES)}.")] = "max_sharpe",
+              strategy: Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategy", many=True), help=f"Strategy, or comma-separated strategies: {', '.join(STRATEGIES)}.")] = "max_sharpe",
               assets: AssetsOpt = None,
-              window: Annotated[int, typer.Option(help="Periods of returns per optimization (the minimum with --expanding).")] = 180,
+              window: Annotated[int, typer.Option(callback=_checked(positive_int, "--window"), help="Periods of returns per optimization (the minimum with --expanding).")] = 180,
               expanding: Annotated[bool, typer.Option(help="Estimate on all history before each rebalance, not a rolling window.")] = False,
-              rebalance_every: Annotated[str, typer.Option(help="Periods between rebalances, or 'weekly' / 'monthly' (first period of each).")] = "30",
-              band: Annotated[Optional[float], typer.Option(help="Drift band (fraction of weight, e.g. 0.05): trade only when a weight is further than this from its target.")] = None,
-              fee_bps: Annotated[float, typer.Option(help="Fee per traded value, basis points.")] = 10.0,
-              slippage_bps: Annotated[float, typer.Option(help="Slippage per traded value, basis points.")] = 0.0,
-              impact_coefficient: Annotated[float, typer.Option(help="Square-root market impact (Y; 0: none), with --dataset volumes.")] = 0.0,
-              capital: Annotated[float, typer.Option(help="Starting portfolio value, quote currency (NAV and market impact).")] = 1e6,
-              start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
+              rebalance_every: Annotated[str, typer.Option(callback=_periods("--rebalance-every"), help="Periods between rebalances, or 'weekly' / 'monthly' (first period of each).")] = "30",
+              band: Annotated[Optional[float], typer.Option(callback=_checked(nonnegative, "--band"), help="Drift band (fraction of weight, e.g. 0.05): trade only when a weight is further than this from its target.")] = None,
+              fee_bps: Annotated[float, typer.Option(callback=_checked(nonnegative, "--fee-bps"), help="Fee per traded value, basis points.")] = 10.0,
+              slippage_bps: Annotated[float, typer.Option(callback=_checked(nonnegative, "--slippage-bps"), help="Slippage per traded value, basis points.")] = 0.0,
+              impact_coefficient: Annotated[float, typer.Option(callback=_checked(nonnegative, "--impact-coefficient"), help="Square-root market impact (Y; 0: none), with --dataset volumes.")] = 0.0,
+              capital: Annotated[float, typer.Option(callback=_checked(positive, "--capital"), help="Starting portfolio value, quote currency (NAV and market impact).")] = 1e6,
+              start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date to trade (default: after the first full window).")] = None,
               cash: Annotated[Optional[str], typer.Option(help="Cash asset: a column such as USDC, or a name for cash that earns 0; never optimized.")] = None,
-              max_weight: Annotated[Optional[float], typer.Option(help="Position cap per asset (fraction); the excess goes to the others, then cash.")] = None,
-              drawdown_limit: Annotated[Optional[float], typer.Option(help="Circuit breaker: all to cash beyond this drawdown (fraction); re-enter at a rebalance after --cooldown periods.")] = None,
-              cooldown: Annotated[int, typer.Option(help="Periods in cash before the circuit breaker may re-enter.")] = 30,
-              on_failure: Annotated[str, typer.Option(help="A failed optimization: 'hold' the current weights, fall back to 'equal_weight', or 'raise'.")] = "hold",
-              risk_measure: Annotated[Optional[str], typer.Option(help=f"Risk measure for the strategies that take one: {', '.join(RISK_MEASURES)}.")] = None,
+              max_weight: Annotated[Optional[float], typer.Option(callback=_checked(positive, "--max-weight"), help="Position cap per asset (fraction); the excess goes to the others, then cash.")] = None,
+              drawdown_limit: Annotated[Optional[float], typer.Option(callback=_checked(positive, "--drawdown-limit"), help="Circuit breaker: all to cash beyond this drawdown (fraction); re-enter at a rebalance after --cooldown periods.")] = None,
+              cooldown: Annotated[int, typer.Option(callback=_checked(nonnegative, "--cooldown"), help="Periods in cash before the circuit breaker may re-enter.")] = 30,
+              on_failure: Annotated[str, typer.Option(callback=_one_of(("hold", "equal_weight", "raise"), "--on-failure"), help="A failed optimization: 'hold' the current weights, fall back to 'equal_weight', or 'raise'.")] = "hold",
+              risk_measure: Annotated[Optional[str], typer.Option(callback=_one_of(RISK_MEASURES, "--risk-measure"), help=f"Risk measure for the strategies that take one: {', '.join(RISK_MEASURES)}.")] = None,
               benchmarks: Annotated[str, typer.Option(help="Comma-separated benchmarks: equal_weight, buy_and_hold, market_cap (with --dataset), asset:<name>; 'none' for none.")] = "equal_weight",
               as_of: AsOfOpt = None, periods_per_year: PPYOpt = None, missing: MissingOpt = "exclude", max_fill: MaxFillOpt = None,
               store: StoreOpt = None,
@@ -333,6 +359,55 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
         if ex:
             typer.echo(f"excluded in {k}: " + "; ".join(f"{a} {w}" for a, w in ex.items()))
 
+# %% ../nbs/90_cli.ipynb #3b41483d
+from .data import LAYOUTS, frequency_label, import_files
+
+@app.command("import")
+def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, CSV.gz or Parquet) or globs such as 'klines/*.csv'.")],
+            asset: Annotated[Optional[str], typer.Option(help="Asset of a one-asset file (default: from a pair in the file name, e.g. SOLUSDT.csv → SOL).")] = None,
+            source: Annotated[Optional[str], typer.Option(help="Source name stored with every price (default: the format's name, e.g. binance, bybit, ccxt, yahoo, coingecko; file:<name> for a generic layout).")] = None,
+            allow_jumps: Annotated[bool, typer.Option("--allow-jumps", help="Accept a close more than ×1000 (or under ÷1000) the previous one.")] = False,
+            allow_dates: Annotated[bool, typer.Option("--allow-dates", help="Accept timestamps outside the years 1900–2200 (refused by default as typos).")] = False,
+            store: StoreOpt = None):
+    """Validate price files of the known layouts and load them all into the store in one transaction (re-importing
+    changes nothing). Layouts: """ + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
+    if allow_dates:
+        os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
+    files, batches, notes = import_files(paths, asset, source, allow_jumps)
+    with open_store(store) as st:
+        results = st.write_prices_many([(frame, src) for src, frame in batches.items()])
+        where = getattr(st, "path", None) or getattr(st, "url", "the store")
+    for f in files:
+        fr = f.frame
+        typer.echo(f"{f.path}: {f.layout} layout, {len(fr)} prices of {fr['asset'].nunique()} asset(s) "
+                   f"({', '.join(sorted(fr['asset'].unique())[:8])}{', ...' if fr['asset'].nunique() > 8 else ''}; "
+                   f"{fr['timestamp'].min():%Y-%m-%d} to {fr['timestamp'].max():%Y-%m-%d}); source {source or f.source!r}")
+        for note in f.notes:
+            typer.echo(f"  note: {note}")
+    for note in notes:
+        typer.echo(f"note: {note}")
+    for src, res in zip(batches, results):
+        typer.echo(f"source {src!r}: {res.inserted} new, {res.updated} updated, {res.unchanged} unchanged in {where}")
+
+@app.command("data")
+def data_(json_: JsonOpt = False, store: StoreOpt = None):
+    "List the prices the store holds: one row per source and asset with first, last, rows and bar frequency."
+    with open_store(store) as st:
+        cov = st.price_coverage()
+        freq = [frequency_label(st.read_prices([a], source=s).dropna(how="all").index)
+                for s, a in zip(cov["source"], cov["asset"])] if len(cov) else []
+    rows = [dict(source=s, asset=a, first=pd.Timestamp(f).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 last=pd.Timestamp(l).strftime("%Y-%m-%dT%H:%M:%SZ"), rows=int(n), frequency=q)
+            for (s, a, f, l, n), q in zip(cov[["source", "asset", "first", "last", "prices"]].itertuples(index=False), freq)]
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("the store holds no prices; load some with `portopt import FILE` (or `portopt run` for the bundled data)")
+        return
+    _echo_table(pd.DataFrame(rows).set_index(["source", "asset"]))
+
+
 # %% ../nbs/90_cli.ipynb #fa4f9f19
 @app.command("reallocate")
 def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in the store ('demo' is created on the bundled data if absent).")],
@@ -345,11 +420,14 @@ def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in
         if portfolio == "demo":
             ensure_demo_portfolio(st)
         status, decision, rid = reallocate_portfolio(st, portfolio, as_of=as_of, execute=execute)
+        stored_plan = st.read_reallocations(portfolio).set_index("id").loc[rid, "plan"]
         if json_:
-            typer.echo(json.dumps(dict(status=status, id=rid, plan=st.read_reallocations(portfolio).set_index("id").loc[rid, "plan"]),
-                                  indent=2, default=str))
+            typer.echo(json.dumps(dict(status=status, id=rid, plan=stored_plan), indent=2, default=str))
             return
-    typer.echo(f"{portfolio}: {status}" + (f" — {decision.reason}" if decision is not None and decision.reason else ""))
+    reason = decision.reason if decision is not None else stored_plan.get("reason")
+    typer.echo(f"{portfolio}: {status}" + (f" — {reason}" if reason else ""))
+    for note in (decision.notes if decision is not None else []):
+        typer.echo(f"note: {note}")
     if decision is not None and not decision.trades.empty:
         _echo_table(decision.trades[["side", "units", "value", "fee", "impact_bps", "shortfall"]].round(4))
         typer.echo(f"\ncosts: fees {decision.costs['fees']:,.2f}, impact {decision.costs['impact']:,.2f} "
@@ -358,6 +436,153 @@ def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in
             typer.echo("\nlargest feasible partial plan:")
             _echo_table(decision.partial[["side", "units", "value"]].round(4))
     typer.echo(f"decision id: {rid}")
+
+# %% ../nbs/90_cli.ipynb #bf3d5a3e
+portfolio_app = typer.Typer(help="Define your own portfolios: create one with its settings, write its holdings, show, list "
+                            "or delete them. `portopt reallocate NAME` and the listener then use them.", no_args_is_help=True)
+app.add_typer(portfolio_app, name="portfolio")
+
+def _portfolio_row(st, name: str) -> dict:
+    rows = st.read_portfolios()
+    if name not in set(rows["portfolio"]):
+        raise ConfigError(f"no portfolio {name!r} in {st.path}; create it with `portopt portfolio create {name} --strategy ...`"
+                          f" (known: {', '.join(sorted(rows['portfolio'])) or 'none'})")
+    return rows.set_index("portfolio").loc[name].to_dict()
+
+def _portfolio_summary(st, name: str) -> dict:
+    from .portfolio import portfolio_settings_from
+    row = _portfolio_row(st, name)
+    settings = portfolio_settings_from(row["settings"], name)  # every setting, defaults included
+    held = st.read_holdings(name)
+    last = st.read_reallocations(name, limit=1)
+    return dict(portfolio=name, owner=row.get("owner"), quote=row.get("quote"), settings=settings.stored(),
+                holdings={a: float(u) for a, u in held.items()},
+                last_decision=None if last.empty else dict(status=last.iloc[0]["status"], as_of=str(last.iloc[0]["as_of"]),
+                                                           id=last.iloc[0]["id"]))
+
+@portfolio_app.command("create")
+def portfolio_create(name: Annotated[str, typer.Argument(help="The portfolio's name.")],
+                     strategy: Annotated[str, typer.Option(help=f"One of: {', '.join(STRATEGIES)}.")],
+                     window: Annotated[Optional[int], typer.Option(help="Periods of returns the optimization sees (default 180).")] = None,
+                     periods_per_year: Annotated[Optional[int], typer.Option(help="Annualization: 365 daily crypto, 252 equity sessions, 8760 hourly (default: inferred from the prices' spacing).")] = None,
+                     source: Annotated[Optional[str], typer.Option(help="The stored price source to read (default: any).")] = None,
+                     band: Annotated[Optional[str], typer.Option(help="Tolerance band low,high of current/target share (default 0.95,1.05).")] = None,
+                     cash: Annotated[Optional[str], typer.Option(help="Cash asset: fees are paid from it (default USDC).")] = None,
+                     assets: Annotated[Optional[str], typer.Option(help="Comma-separated assets to allocate (default: those held).")] = None,
+                     stale_after_hours: Annotated[Optional[float], typer.Option(help="Hold the plan when a held asset's last price is older than this (default 48).")] = None,
+                     replace: Annotated[bool, typer.Option("--replace", help="Replace the settings of an existing portfolio.")] = False,
+                     store: StoreOpt = None, json_: JsonOpt = False):
+    """Create a portfolio with its settings (validated: unknown strategy, a window < 2, periods per year <= 0 or a band
+    that does not hold 1 are refused). Settings not given take their one default (`portopt.portfolio.PortfolioSettings`)."""
+    from .portfolio import portfolio_settings_from
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy {strategy!r}: unknown; choose one of {', '.join(STRATEGIES)}")
+    given = dict(strategy=strategy, window=window, periods_per_year=periods_per_year, source=source, cash=cash,
+                 assets=_split(assets), stale_after_hours=stale_after_hours)
+    if band is not None:
+        given["band"] = _numbers("--band", band, float)
+        if len(given["band"]) != 2:
+            raise ConfigError(f"--band {band!r}: give two numbers low,high, e.g. 0.95,1.05")
+    settings = portfolio_settings_from({k: v for k, v in given.items() if v is not None}, name)
+    with open_store(store) as st:
+        if name in set(st.read_portfolios()["portfolio"]) and not replace:
+            raise ConfigError(f"portfolio {name!r} exists in {st.path}; use --replace to change its settings, "
+                              f"or `portopt portfolio delete {name}`")
+        st.upsert_portfolio(name, settings=settings.stored())
+        out = _portfolio_summary(st, name)
+    if json_:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    s = out["settings"]
+    typer.echo(f"{name}: {s['strategy']}, window {s['window']} periods, {s['periods_per_year'] or 'inferred'} periods a year, band "
+               f"{s['band'][0]:g}–{s['band'][1]:g}, cash {s['cash']}, source {s['source'] or 'any'}; "
+               f"next: `portopt portfolio holdings {name} FILE` or `--set ASSET=UNITS`")
+
+@portfolio_app.command("holdings")
+def portfolio_holdings(name: Annotated[str, typer.Argument(help="The portfolio's name.")],
+                       file: Annotated[Optional[Path], typer.Argument(help="CSV with the columns asset,units.")] = None,
+                       set_: Annotated[Optional[list[str]], typer.Option("--set", help="ASSET=UNITS, repeatable (e.g. --set SOL=100 --set USDC=5000).")] = None,
+                       at: Annotated[Optional[str], typer.Option("--at", help="When the snapshot holds (UTC; default now).")] = None,
+                       store: StoreOpt = None, json_: JsonOpt = False):
+    "Write a holdings snapshot (token units by asset) of a portfolio, from a CSV file (asset,units) or --set pairs."
+    if (file is None) == (not set_):
+        raise ConfigError("give the holdings either as a CSV file (asset,units) or as --set ASSET=UNITS pairs, not both or neither")
+    if file is not None:
+        if not file.is_file():
+            raise ConfigError(f"{file}: no such file; give a CSV with the columns asset,units")
+        try:
+            frame = pd.read_csv(file, dtype={"asset": str})
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{file}: not a CSV of asset,units ({str(e).splitlines()[0]})") from None
+        frame.columns = [str(c).strip().lower() for c in frame.columns]
+        if not {"asset", "units"} <= set(frame.columns) or frame.empty:
+            raise ConfigError(f"{file}: needs the columns asset,units and at least one row (has {list(frame.columns)})")
+        pairs = list(zip(frame["asset"].astype(str).str.strip(), frame["units"]))
+        where = str(file)
+    else:
+        pairs = []
+        for item in set_:
+            asset, sep, units = item.partition("=")
+            if not sep or not asset.strip():
+                raise ConfigError(f"--set {item!r}: give ASSET=UNITS, e.g. --set SOL=100")
+            pairs.append((asset.strip(), units))
+        where = "--set"
+    assets = [a for a, _ in pairs]
+    dup = sorted({a for a in assets if assets.count(a) > 1})
+    if dup:
+        raise ConfigError(f"{where}: {dup} given more than once; give each asset once")
+    units = pd.Series({a: pd.to_numeric(u, errors="coerce") for a, u in pairs}, dtype=float)
+    ts = to_utc(at) if at else pd.Timestamp.now(tz="UTC").floor("s")
+    with open_store(store) as st:
+        _portfolio_row(st, name)
+        result = st.write_holdings(name, units, ts, source="file:" + file.name if file is not None else "cli")
+        held = st.read_holdings(name, as_of=ts)
+    if json_:
+        typer.echo(json.dumps(dict(portfolio=name, ts=ts.isoformat(), holdings={a: float(u) for a, u in held.items()},
+                                   inserted=result.inserted, updated=result.updated, unchanged=result.unchanged), indent=2))
+        return
+    typer.echo(f"{name}: {len(held)} asset(s) at {ts:%Y-%m-%d %H:%M:%S} UTC: " + ", ".join(f"{a} {u:,.6g}" for a, u in held.items()))
+
+@portfolio_app.command("show")
+def portfolio_show(name: Annotated[str, typer.Argument(help="The portfolio's name.")], store: StoreOpt = None, json_: JsonOpt = False):
+    "A portfolio's settings (every one, defaults included), its latest holdings and its latest reallocation decision."
+    with open_store(store) as st:
+        out = _portfolio_summary(st, name)
+    if json_:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"{name} (owner {out['owner'] or '-'}, quote {out['quote']})")
+    for k, v in out["settings"].items():
+        typer.echo(f"  {k:<18} {v}")
+    typer.echo("holdings: " + (", ".join(f"{a} {u:,.6g}" for a, u in out["holdings"].items()) or "none"))
+    d = out["last_decision"]
+    typer.echo("last decision: " + (f"{d['status']} at {d['as_of']} ({d['id']})" if d else "none"))
+
+@portfolio_app.command("list")
+def portfolio_list(store: StoreOpt = None, json_: JsonOpt = False):
+    "The portfolios in the store: strategy, window, assets held, latest decision."
+    with open_store(store) as st:
+        out = [_portfolio_summary(st, n) for n in st.read_portfolios()["portfolio"]]
+    if json_:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    if not out:
+        typer.echo("no portfolios; create one with `portopt portfolio create NAME --strategy min_variance`")
+        return
+    _echo_table(pd.DataFrame([dict(portfolio=o["portfolio"], strategy=o["settings"]["strategy"], window=o["settings"]["window"],
+                                   periods_per_year=o["settings"]["periods_per_year"], held=len(o["holdings"]),
+                                   last_decision=(o["last_decision"] or {}).get("status", "-")) for o in out]).set_index("portfolio"))
+
+@portfolio_app.command("delete")
+def portfolio_delete(name: Annotated[str, typer.Argument(help="The portfolio's name.")], store: StoreOpt = None, json_: JsonOpt = False):
+    "Delete a portfolio with everything it owns: holdings, optimizations, reallocations, alerts, its backtests."
+    with open_store(store) as st:
+        n = st.delete_portfolio(name)
+    if json_:
+        typer.echo(json.dumps(dict(portfolio=name, deleted_rows=n)))
+        return
+    typer.echo(f"{name}: deleted with {n - 1} row(s) it owned")
+
 
 # %% ../nbs/90_cli.ipynb #a87d2832
 collect_app = typer.Typer(help="Collect market data (CoinGecko) and Solana on-chain state into the store. "
@@ -401,6 +626,8 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
            poll: Annotated[float, typer.Option(help="Seconds between polls (SQLite) or the longest wait for a NOTIFY (Supabase).")] = 1.0,
            attempts: Annotated[int, typer.Option(help="Attempts of a failing handler before its event is recorded as a failed run.")] = 3,
            webhook: Annotated[Optional[str], typer.Option(envvar="PORTOPT_WEBHOOK", help="Slack/Discord-compatible URL for new alerts.")] = None,
+           retry_failed: Annotated[bool, typer.Option("--retry-failed", help="First run again the (event, portfolio) units that failed.")] = False,
+           lease: Annotated[float, typer.Option(help="Seconds a claimed unit is held before another listener may take it over (a killed listener's).")] = 300.0,
            store: StoreOpt = None):
     """Consume the events outbox: when prices, market metrics or holdings land, re-optimize the portfolios they touch,
     store the new weights and the reallocation decision, raise alerts.
@@ -411,9 +638,11 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
     from .events import Listener
     st = open_store(store)
     listener = Listener(st, papermill=papermill, poll_interval=poll, attempts=attempts, webhook=webhook,
-                        warm_kernel=not fresh_kernel)
+                        warm_kernel=not fresh_kernel, lease=lease)
     out = []
     try:
+        if retry_failed:
+            listener.recover(retry_failed=True)
         if once:
             out = listener.handle_pending()
         else:
@@ -425,11 +654,15 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
         listener.close()
         st.close()
     failed = [o for o in out if o.status == "failed"]
+    units = listener.units
+    bad = [u for u in units if u.status == "failed"]
     typer.echo(f"handled {len(out) - len(failed)} event(s), {len(failed)} failed" +
-               "".join(f"\n  event {o.event_id} ({o.topic}): {o.error}" for o in failed))
+               "".join(f"\n  event {o.event_id} ({o.topic}): {o.error}" for o in failed) +
+               f"; portfolios: {sum(u.status == 'succeeded' for u in units)} rebalanced, {len(bad)} failed" +
+               "".join(f"\n  {u.portfolio} (event {u.event_id}): {u.error}" for u in bad))
 
 @app.command()
-def schedule(file: Annotated[Path, typer.Argument(help="TOML schedule: [[job]] tables with name, cron or every, report or call, parameters.")],
+def schedule(file: Annotated[Path, typer.Argument(help="TOML schedule: \\[\\[job]] tables with name, cron or every, report or call, parameters.")],
              list_: Annotated[bool, typer.Option("--list", help="Check the file and list its jobs, then exit.")] = False,
              run_now: Annotated[Optional[str], typer.Option("--run-now", help="Run this job once now (trigger manual), then exit.")] = None):
     """Run report notebooks and jobs on a schedule (APScheduler, times in UTC); see schedule.example.toml.
@@ -511,7 +744,7 @@ _NO_ARGS = tuple(c for c in (getattr(click.exceptions, "NoArgsIsHelpError", None
 def _usage_error(e) -> int:
     "One `error:` line naming what is wrong, then the usage hint; exit status 2."
     ctx = getattr(e, "ctx", None)
-    typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+    typer.echo(f"error: {one_line(e.format_message())}", err=True)
     if ctx is not None:
         typer.echo(f"{ctx.get_usage()}\nTry '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
     else:
@@ -525,21 +758,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=argv, prog_name="portopt", standalone_mode=False)
     except PortoptError as e:
-        typer.echo(f"error: {' '.join(str(e).split())}", err=True)
-        return 1
+        typer.echo(f"error: {one_line(e)}", err=True)   # redacted, one line, at most PORTOPT limits' max_error characters
+        return getattr(e, "exit_code", 1)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted (Ctrl-C); every write is one transaction, so the store holds nothing of this command", err=True)
+        return 130
     except _NO_ARGS as e:  # `portopt` or a group alone: its help, as asked for by no_args_is_help
         typer.echo(e.ctx.get_help() if getattr(e, "ctx", None) else str(e))
         return 0
     except _USAGE as e:
         return _usage_error(e)
     except _CLICK as e:
-        typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        typer.echo(f"error: {one_line(e.format_message())}", err=True)
         return e.exit_code
-    except _ABORT:
-        typer.echo("aborted", err=True)
+    except _ABORT:   # Ctrl-C, as click (or typer's vendored click) reports it
+        typer.echo("error: interrupted (Ctrl-C); every write is one transaction, so the store holds nothing of this command", err=True)
         return 130
     except _EXIT as e:
         return e.exit_code
+    except Exception as e:   # never a traceback: one line (PORTOPT_DEBUG=1 shows the traceback)
+        import os
+        if os.environ.get("PORTOPT_DEBUG"):
+            raise
+        typer.echo(f"error: {one_line(f'{type(e).__name__}: {e}', 240)} (unexpected: please report it; PORTOPT_DEBUG=1 shows where)", err=True)
+        return 1
+    if rv == 130:   # typer turns Ctrl-C into Exit(130), silently
+        typer.echo("error: interrupted (Ctrl-C); every write is one transaction, so the store holds nothing of this command", err=True)
     return rv if isinstance(rv, int) else 0
 
 # %% ../nbs/90_cli.ipynb #5a733cbf
@@ -557,15 +801,15 @@ def _numbers(option: str, text: str | None, kind=int, names=()) -> list | None:
 
 @app.command("sweep")
 def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceOpt = None, assets: AssetsOpt = None,
-           strategies: Annotated[str, typer.Option(help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
-           window: Annotated[str, typer.Option(help="Comma-separated estimation windows, periods of returns.")] = "180",
-           rebalance_every: Annotated[str, typer.Option(help="Comma-separated periods between rebalances, or weekly, monthly.")] = "30",
-           fee_bps: Annotated[str, typer.Option(help="Comma-separated costs per unit of turnover, basis points.")] = "10",
-           risk_measure: Annotated[Optional[str], typer.Option(help=f"Comma-separated risk measures (names or riskfolio-lib codes such as MV, CVaR): {', '.join(RISK_MEASURES)}.")] = None,
-           start: Annotated[Optional[str], typer.Option(help="First date to trade (default: after the first full window).")] = None,
+           strategies: Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategies", many=True), help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
+           window: Annotated[str, typer.Option(callback=_numbers_each(positive_int, "--window"), help="Comma-separated estimation windows, periods of returns.")] = "180",
+           rebalance_every: Annotated[str, typer.Option(callback=_periods("--rebalance-every"), help="Comma-separated periods between rebalances, or weekly, monthly.")] = "30",
+           fee_bps: Annotated[str, typer.Option(callback=_numbers_each(nonnegative, "--fee-bps"), help="Comma-separated costs per unit of turnover, basis points.")] = "10",
+           risk_measure: Annotated[Optional[str], typer.Option(callback=_one_of(RISK_MEASURES, "--risk-measure", many=True), help=f"Comma-separated risk measures (names or riskfolio-lib codes such as MV, CVaR): {', '.join(RISK_MEASURES)}.")] = None,
+           start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date to trade (default: after the first full window).")] = None,
            as_of: AsOfOpt = None, periods_per_year: PPYOpt = None, missing: MissingOpt = "exclude", max_fill: MaxFillOpt = None,
            scheduler: Annotated[Optional[str], typer.Option(help="Address of a Dask scheduler (tcp://host:8786) whose workers have portopt; default: a local cluster on this machine's cores.")] = None,
-           workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes of the local cluster (default: one per core, at most one per backtest to run).")] = None,
+           workers: Annotated[Optional[int], typer.Option("--workers", callback=_checked(positive_int, "--workers"), help="Worker processes of the local cluster (default: one per core, at most one per backtest to run).")] = None,
            store: StoreOpt = None, json_: JsonOpt = False):
     """Walk-forward backtests of every combination of the values given, in parallel on Dask, cached in the store.
 

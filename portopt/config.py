@@ -11,8 +11,10 @@ from importlib.resources import files
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CRYPTO_DAYS_PER_YEAR', 'EQUITY_DAYS_PER_YEAR', 'PortoptError', 'DataError', 'ConfigError', 'StoreError',
-           'ConstraintError', 'OptimizationError', 'ReportError', 'Settings', 'get_settings']
+__all__ = ['CRYPTO_DAYS_PER_YEAR', 'EQUITY_DAYS_PER_YEAR', 'SECRET_ENV', 'EPOCH_UNITS', 'PortoptError', 'DataError',
+           'ConfigError', 'StoreError', 'ConstraintError', 'OptimizationError', 'ReportError', 'Settings',
+           'get_settings', 'redact_url', 'redact', 'UsageError', 'Limits', 'get_limits', 'one_line', 'nonnegative',
+           'positive', 'positive_int', 'check_years', 'epoch_unit', 'check_calendar', 'parse_date', 'name_list']
 
 # %% ../nbs/00_config.ipynb #3715b912
 class PortoptError(Exception):
@@ -60,3 +62,194 @@ def get_settings(env: dict | None = None) -> Settings:
     reports = Path(env["PORTOPT_REPORTS"]) if env.get("PORTOPT_REPORTS") else _project_reports()
     runs = Path(env["PORTOPT_RUNS"]) if env.get("PORTOPT_RUNS") else reports / "runs"
     return Settings(store.expanduser().absolute(), reports.expanduser().absolute(), runs.expanduser().absolute())
+
+# %% ../nbs/00_config.ipynb #9de63af7
+import math
+import re
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+SECRET_ENV = ("SOLANA_RPC_URL", "PORTOPT_WEBHOOK", "COINGECKO_API_KEY", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_KEY",
+              "SUPABASE_ANON_KEY", "SUPABASE_JWT_SECRET", "SUPABASE_DB_URL")
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
+
+def _tokenish(part: str) -> bool:
+    "A path segment or value that looks like a key: long, or mixing letters and digits."
+    return len(part) >= 16 or (len(part) >= 8 and any(c.isdigit() for c in part) and any(c.isalpha() for c in part))
+
+def redact_url(url: str) -> str:
+    "`url` with its userinfo, query values, fragment and token-like path segments replaced by `***`."
+    try:
+        u = urlsplit(url)
+        host = u.hostname or ""
+        port = f":{u.port}" if u.port else ""
+    except ValueError:
+        return "***"
+    netloc = ("***@" if "@" in u.netloc else "") + host + port
+    path = "/".join("***" if _tokenish(seg) else seg for seg in u.path.split("/"))
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(u.query, keep_blank_values=True)) or ("***" if u.query else "")
+    return urlunsplit((u.scheme, netloc, path, query, "***" if u.fragment else ""))
+
+def _secret_parts(value: str) -> set[str]:
+    "The literal strings of a secret that must never appear: the value, and a URL's password, query values and tokens."
+    parts = {value}
+    if "://" in value:
+        try:
+            u = urlsplit(value)
+            parts |= {p for p in (u.password, u.username if u.password else None) if p}
+            parts |= {v for _, v in parse_qsl(u.query)} | {s for s in u.path.split("/") if _tokenish(s)}
+        except ValueError:
+            pass
+    return {p for p in parts if p and len(p) >= 6}
+
+def redact(text, env: dict | None = None) -> str:
+    "`text` (any object, as `str`) with every URL redacted (`redact_url`) and the values of `SECRET_ENV` in `env` removed."
+    env = os.environ if env is None else env
+    def one(m):
+        url = m.group(0).rstrip(".,;:)]}'")
+        return redact_url(url) + m.group(0)[len(url):]
+    out = _URL.sub(one, str(text))
+    for name in SECRET_ENV:
+        for part in sorted(_secret_parts(env.get(name) or ""), key=len, reverse=True):
+            out = out.replace(part, "***")
+    return out
+
+# %% ../nbs/00_config.ipynb #adddb798
+class UsageError(ConfigError):
+    "A bad command-line value (a number, a date, a list); the CLI exits with status 2."
+    exit_code = 2
+
+@dataclass(frozen=True)
+class Limits:
+    "Size limits and waits, from the environment (see the table above)."
+    max_columns: int = 10_000
+    max_field: int = 1_000
+    lock_timeout: float = 30.0
+    max_error: int = 300
+    min_year: int = 1900
+    max_year: int = 2200
+    allow_dates: bool = False
+
+def get_limits(env: dict | None = None) -> Limits:
+    "The limits from `env` (default `os.environ`); `ConfigError` for a value that is not a positive number."
+    env = os.environ if env is None else env
+    kw = {}
+    for var, key, kind in (("PORTOPT_MAX_COLUMNS", "max_columns", int), ("PORTOPT_MAX_FIELD", "max_field", int),
+                           ("PORTOPT_LOCK_TIMEOUT", "lock_timeout", float)):
+        if env.get(var):
+            try:
+                kw[key] = kind(env[var])
+                assert math.isfinite(kw[key]) and kw[key] > 0
+            except (ValueError, AssertionError):
+                raise ConfigError(f"{var}={env[var]!r}: give a positive {'whole ' if kind is int else ''}number") from None
+    return Limits(**kw, allow_dates=env.get("PORTOPT_ALLOW_DATES", "") not in ("", "0"))
+
+def one_line(message, limit: int | None = None) -> str:
+    "`message` redacted, on one line (whitespace runs become one space), at most `limit` characters (default `max_error`)."
+    limit = limit or Limits.max_error   # not get_limits(): a bad limit in the environment must still print its error
+    text = " ".join(redact(message).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+# %% ../nbs/00_config.ipynb #139f2f75
+def _number(value, name: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise UsageError(f"{name} {value!r}: give a finite number")
+    return x
+
+def nonnegative(value, name: str = "value"):
+    "A finite number ≥ 0 (fees, slippage, a band); `None` passes."
+    if value is None:
+        return None
+    x = _number(value, name)
+    if x < 0:
+        raise UsageError(f"{name} {value!r}: give a number ≥ 0")
+    return x
+
+def positive(value, name: str = "value"):
+    "A finite number > 0 (capital, periods per year); `None` passes."
+    if value is None:
+        return None
+    x = _number(value, name)
+    if x <= 0:
+        raise UsageError(f"{name} {value!r}: give a number > 0")
+    return x
+
+def positive_int(value, name: str = "value"):
+    "A whole number ≥ 1 (a window, a count); `2.5` is refused, `3.0` is 3; `None` passes."
+    if value is None:
+        return None
+    x = _number(value, name)
+    if x != int(x) or x < 1:
+        raise UsageError(f"{name} {value!r}: give a whole number ≥ 1")
+    return int(x)
+
+def check_years(years, what: str = "date", sample=None, allow: bool | None = None) -> None:
+    "Raise `DataError` when a year in `years` (ints) is outside the limits' 1900–2200 (unless allowed); `sample` names the value."
+    lim = get_limits()
+    if allow or (allow is None and lim.allow_dates):
+        return
+    bad = [y for y in years if not lim.min_year <= y <= lim.max_year]
+    if bad:
+        raise DataError(f"{what} {sample if sample is not None else bad[0]!r}: year {bad[0]} is outside {lim.min_year}–"
+                        f"{lim.max_year}; fix the date, or pass --allow-dates (PORTOPT_ALLOW_DATES=1) if it is right")
+
+_ISO_DATE = re.compile(r"^\s*(\d{1,6})-(\d{1,2})-(\d{1,2})(?:$|[T\s])")
+EPOCH_UNITS = ((1e8, 1e11, "s"), (1e11, 1e14, "ms"), (1e14, 1e17, "us"), (1e17, 1e20, "ns"))
+
+def epoch_unit(value: float) -> str | None:
+    "The unit (`s`, `ms`, `us`, `ns`) of a Unix time `value` between 1973 and 5138, by its magnitude; `None` otherwise."
+    return next((u for lo, hi, u in EPOCH_UNITS if lo <= abs(value) < hi), None)
+
+def check_calendar(text: str, what: str = "date") -> None:
+    "Raise `DataError` when `text` starts like `YYYY-MM-DD` but is no calendar date (`2021-13-45`) or has no 4-digit year."
+    import datetime as dt
+    m = _ISO_DATE.match(str(text))
+    if not m:
+        return
+    y, mo, d = m.groups()
+    if len(y) != 4:
+        raise DataError(f"{what} {text!r}: the year must have 4 digits (YYYY-MM-DD)")
+    try:
+        dt.date(int(y), int(mo), int(d))
+    except ValueError as e:
+        raise DataError(f"{what} {text!r} is not a calendar date ({e}); write YYYY-MM-DD") from None
+
+def parse_date(value, name: str = "date", allow: bool | None = None):
+    """One date or time (`--as-of`, `--start`) as a UTC `pandas.Timestamp`; `None` passes.
+
+    ISO 8601 text (naive is UTC) or Unix time in s/ms/us/ns (the unit read from the magnitude). Raises `UsageError`
+    for text that is no date, no calendar date, or a year outside 1900–2200 (unless `allow` or `PORTOPT_ALLOW_DATES`)."""
+    import pandas as pd
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        if re.fullmatch(r"\d{9,20}(\.\d+)?", text):
+            unit = epoch_unit(float(text))
+            t = pd.Timestamp(float(text), unit=unit, tz="UTC")
+        else:
+            check_calendar(text, name)
+            t = pd.Timestamp(text)
+            t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        check_years([t.year], name, text, allow)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    except (ValueError, TypeError, OverflowError):
+        raise UsageError(f"{name} {text!r} is not a date; write YYYY-MM-DD (UTC), e.g. 2022-06-30") from None
+    return t
+
+def name_list(value, name: str = "list", allow_empty: bool = False) -> list[str] | None:
+    "Comma-separated names (assets, strategies) as a list; `None` passes. Refuses an empty list (`,,`) and duplicates."
+    if value is None:
+        return None
+    items = [s.strip() for s in str(value).split(",")]
+    items = [s for s in items if s]
+    if not items and not allow_empty:
+        raise UsageError(f"{name} {value!r}: give at least one name, separated by commas")
+    dup = sorted({s for s in items if items.count(s) > 1})
+    if dup:
+        raise UsageError(f"{name} {value!r}: {', '.join(dup)} given more than once")
+    return items

@@ -5,18 +5,27 @@
 # %% ../nbs/02_data.ipynb #54c248fb
 from __future__ import annotations
 
+import csv
 import functools
+import glob as globmod
+import gzip
+import re
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .clean import LONG_COLUMNS, parse_timestamps, to_utc, to_wide, validate_long
 from .config import ConfigError, DataError
 
 # %% auto #0
-__all__ = ['DATASETS_DIR', 'DATASETS', 'LAYOUTS', 'coingecko_frame', 'dataset_info', 'load_dataset', 'load_prices',
-           'load_market_caps', 'load_volumes', 'detect_layout', 'read_price_file']
+__all__ = ['DATASETS_DIR', 'DATASETS', 'TIME_COLUMNS', 'FIELDS', 'QUOTES', 'ALIASES', 'BINANCE_KLINE', 'MAX_PRICE', 'MAX_JUMP',
+           'LAYOUTS', 'coingecko_frame', 'dataset_info', 'load_dataset', 'load_prices', 'load_market_caps',
+           'load_volumes', 'check_file', 'check_fields', 'PriceFile', 'epoch_times', 'read_times', 'asset_from_name',
+           'detect_layout', 'collapse_duplicates', 'bar_words', 'frequency_label', 'check_frequencies', 'import_file',
+           'expand_paths', 'import_files', 'read_price_file']
 
 # %% ../nbs/02_data.ipynb #e1cb7597
 def coingecko_frame(raw: pd.DataFrame, asset: str | None = None, where: str = "data") -> pd.DataFrame:
@@ -89,67 +98,566 @@ def load_volumes(dataset: str = "coingecko-daily", **kw) -> pd.DataFrame:
     "Wide frame of 24 h traded volumes (USD); same arguments as `load_prices`."
     return load_prices(dataset, field="volume", **kw)
 
-# %% ../nbs/02_data.ipynb #84ee7dc0
-_TIME = ("timestamp", "date", "datetime", "time")
-_ASSET = ("asset", "symbol", "ticker")
-LAYOUTS = {
-    "coingecko": "CoinGecko export (snapped_at, price, market_cap, total_volume)",
-    "ohlcv": "long OHLCV (timestamp, asset, open, high, low, close, volume)",
-    "wide": "wide (timestamp, <asset>, <asset>, ...)",
-}
+# %% ../nbs/02_data.ipynb #0a518b9e
+import bz2
+import gzip
+import lzma
+import zlib
+from .config import get_limits
 
-def _read_table(path: Path) -> pd.DataFrame:
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+def check_file(path: Path, parquet: bool = False) -> None:
+    """The file-opening edge: raise `DataError` for a missing file, a folder, binary content in a CSV, a compressed file
+    that ends early, or a header wider than the limits' `max_columns` (`PORTOPT_MAX_COLUMNS`), before anything is parsed."""
+    limits = get_limits()
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give a CSV or Parquet file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    suffixes = "".join(path.suffixes).lower()
+    if parquet:
+        import pyarrow.parquet as pq
+        try:
+            n = len(pq.read_schema(path).names)
+        except Exception as e:
+            raise DataError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e})") from None
+        if n > limits.max_columns:
+            raise DataError(f"{path}: {n:,} columns, more than the limit of {limits.max_columns:,} (PORTOPT_MAX_COLUMNS)")
+        return
+    opener = _OPENERS.get(path.suffix.lower(), open)
     try:
-        if suffixes.endswith(".parquet") or suffixes.endswith(".pq"):
-            frame = pd.read_parquet(path)
-            if isinstance(frame.index, pd.DatetimeIndex):
-                frame = frame.rename_axis("timestamp").reset_index()
-            return frame
-        return pd.read_csv(path, dtype=str, skipinitialspace=True, encoding="utf-8-sig")
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot be read as {'Parquet' if 'parquet' in suffixes else 'CSV'} ({e})") from e
+        with opener(path, "rb") as f:
+            head = f.read(1 << 16)
+            commas, chunk = 0, head
+            while chunk:   # count the header's columns without reading a huge header line whole
+                line_end = chunk.find(b"\n")
+                commas += chunk.count(b",", 0, None if line_end < 0 else line_end)
+                if line_end >= 0 or commas >= limits.max_columns:
+                    break
+                chunk = f.read(1 << 16)
+            if opener is not open:
+                while f.read(1 << 20):   # read to the end: a truncated stream fails here, not half-way through parsing
+                    pass
+    except (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, OSError) as e:
+        raise DataError(f"{path}: truncated or corrupt compressed file ({type(e).__name__}: {e}); download or export it again") from None
+    if b"\x00" in head:
+        raise DataError(f"{path}: binary content (NUL bytes), not CSV text; give a CSV or Parquet file")
+    if commas >= limits.max_columns:
+        raise DataError(f"{path}: more than {limits.max_columns:,} columns in the header (PORTOPT_MAX_COLUMNS)")
 
-def detect_layout(columns) -> str:
-    "The layout (`coingecko`, `ohlcv` or `wide`) of a file with these columns; raises `DataError` for none."
+def check_fields(frame: pd.DataFrame, where: str) -> None:
+    "Raise `DataError` for a column name or field longer than the limits' `max_field` characters (`PORTOPT_MAX_FIELD`)."
+    limit = get_limits().max_field
+    long_names = [c for c in frame.columns if len(str(c)) > limit]
+    if long_names:
+        raise DataError(f"{where}: a column name of {len(str(long_names[0])):,} characters (limit {limit:,}, PORTOPT_MAX_FIELD)")
+    for c in frame.columns:
+        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype):
+            n = frame[c].astype(str).str.len()
+            if len(n) and n.max() > limit:
+                raise DataError(f"{where}: a field of {int(n.max()):,} characters in column {str(c)[:40]!r}, row {int(n.values.argmax()) + 1} "
+                                f"(limit {limit:,}, PORTOPT_MAX_FIELD)")
+
+# %% ../nbs/02_data.ipynb #84ee7dc0
+TIME_COLUMNS = ("timeopen", "open_time", "timestamp", "snapped_at", "start", "datetime", "date", "time", "ts")  # by preference
+_ASSET = ("asset", "symbol", "ticker")
+FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "price": "close", "adj close": "adj close",
+          "adj_close": "adj close", "volume": "volume", "market_cap": "market_cap", "total_volume": "volume"}
+QUOTES = ("USDT", "USDC", "BUSD", "FDUSD", "DAI", "USD", "EUR", "GBP", "JPY", "BTC", "ETH", "BNB")
+ALIASES = {"XBT": "BTC", "XDG": "DOGE"}  # Kraken's codes
+BINANCE_KLINE = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "count",
+                 "taker_buy_volume", "taker_buy_quote_volume", "ignore")
+MAX_PRICE = 1e12   # a price above this is refused as implausible (a unit or parsing error)
+MAX_JUMP = 1000.0  # a close more than ×1000 (or less than ÷1000) the previous one is refused unless allow_jumps
+LAYOUTS = {
+    "coingecko": "CoinGecko export (snapped_at, price, market_cap, total_volume); asset from --asset or the file name",
+    "ohlcv": "long OHLCV (a time column, asset|symbol|ticker, open, high, low, close, volume)",
+    "wide": "wide (a time column, then one column of closes per asset)",
+    "one-asset": "one asset's OHLCV or closes (a time column, close|price, optional open, high, low, volume); asset from --asset or the file name",
+    "binance": "Binance kline CSV (the 12 columns of data.binance.vision, with or without header; open_time in ms or µs)",
+    "bybit": "Bybit v5 kline (start|timestamp|ts in ms, open, high, low, close, volume, turnover; an extra date column is ignored)",
+    "ccxt": "ccxt fetch_ohlcv output (timestamp in ms, open, high, low, close, volume; with or without header)",
+    "kraken": "Kraken OHLCVT CSV (time in epoch s, open, high, low, close, volume, trades; no header)",
+    "yahoo": "Yahoo Finance CSV (Date, Open, High, Low, Close, Adj Close, Volume: Adj Close is the close), yfinance's 3-line header too",
+}
+_EPOCH_UNITS = ((1e8, 1e11, "s"), (1e11, 1e14, "ms"), (1e14, 1e17, "us"), (1e17, 1e20, "ns"))
+
+@dataclass
+class PriceFile:
+    "One imported file: its validated long `frame`, `layout`, default `source`, `notes` (what was assumed or changed)."
+    path: Path
+    frame: pd.DataFrame
+    layout: str
+    source: str
+    notes: list = field(default_factory=list)
+
+def _refuse(where: str, what: str) -> DataError:
+    return DataError(f"{where}: {what}")
+
+def epoch_times(values, where: str = "timestamp") -> tuple[pd.DatetimeIndex, list[str]]:
+    """Epoch numbers → UTC `DatetimeIndex`, the unit (s, ms, µs, ns) chosen per value by magnitude (1e8–1e11 s,
+    1e11–1e14 ms, 1e14–1e17 µs). Returns `(index, notes)`; a note names the units when they change inside the
+    column (Binance's dumps moved from ms to µs on 2025-01-01). Raises `DataError` naming the row of a value that
+    is no epoch (before 1973, fractional ms, ...)."""
+    v = np.asarray(values, dtype="float64")
+    if np.isnan(v).any():
+        raise DataError(f"{where}: empty timestamp in data row {int(np.flatnonzero(np.isnan(v))[0]) + 1}; every row needs one")
+    units = np.full(len(v), -1, dtype=np.int8)
+    for k, (lo, hi, _) in enumerate(_EPOCH_UNITS):
+        units[(np.abs(v) >= lo) & (np.abs(v) < hi)] = k
+    if (units < 0).any():
+        i = int(np.flatnonzero(units < 0)[0])
+        raise DataError(f"{where}: timestamp {values[i]!r} in data row {i + 1} is no epoch in s, ms or µs (too small or too "
+                        "large); write ISO 8601 dates or epoch numbers")
+    ns = np.empty(len(v), dtype="int64")
+    for k, (_, _, unit) in enumerate(_EPOCH_UNITS):
+        m = units == k
+        if m.any():
+            ns[m] = (np.asarray(values)[m].astype("int64") * {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[unit])
+    notes = []
+    present = [(_EPOCH_UNITS[k][2], int((units == k).sum())) for k in range(4) if (units == k).any()]
+    if len(present) > 1:
+        switch = int(np.flatnonzero(np.diff(units) != 0)[0]) + 1
+        notes.append(f"epoch units change inside the file: {', '.join(f'{n:,} in {u}' for u, n in present)} "
+                     f"(first change at data row {switch + 1}); each value read in its own unit")
+    return pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC"), notes
+
+def read_times(col: pd.Series, where: str) -> tuple[pd.DatetimeIndex, list[str]]:
+    "A time column (ISO 8601 text, datetimes, or epoch s/ms/µs numbers) as a UTC `DatetimeIndex`, with notes."
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return parse_timestamps(col, f"{where} timestamp"), []
+    if pd.api.types.is_numeric_dtype(col):
+        return epoch_times(col.to_numpy(), where)
+    text = col.astype(str).str.strip()
+    if text.str.fullmatch(r"\d{9,20}(\.0+)?").all():
+        return epoch_times(pd.to_numeric(text).to_numpy(), where)
+    if len(text) > 200_000:  # the vectorized ISO 8601 path; one zone (the last characters) checked on the unique suffixes
+        tails = pd.unique(text.str[-6:])
+        zoned = {t for t in tails if re.search(r"([+-]\d\d:?\d\d|Z)$", t)}
+        if len(zoned) > 1 or (zoned and len(zoned) != len(tails)):
+            return parse_timestamps(text, f"{where} timestamp"), []  # the thorough path names the mixed zones
+        try:
+            return pd.DatetimeIndex(pd.to_datetime(text, format="ISO8601", utc=True)), []
+        except (ValueError, TypeError):
+            pass
+    return parse_timestamps(text, f"{where} timestamp"), []
+
+def asset_from_name(path: Path) -> tuple[str | None, str | None]:
+    """`(asset, quote)` read from a file name: `SOLUSDT.csv` → (SOL, USDT), `SOL_USDT_1d.csv` → (SOL, USDT),
+    `SOL-USD.csv` → (SOL, USD), `BTCUSDT-1h-2024-01.csv` → (BTC, USDT); `(None, None)` when the name shows no pair."""
+    tokens = [t for t in re.split(r"[-_. ]+", path.name.split(".")[0]) if t]
+    if not tokens:
+        return None, None
+    first = tokens[0].upper()
+    if len(tokens) > 1 and tokens[1].upper() in QUOTES and re.fullmatch(r"[A-Z0-9]{1,12}", first):
+        return ALIASES.get(first, first), tokens[1].upper()
+    for q in QUOTES:
+        if first.endswith(q) and len(first) > len(q) and re.fullmatch(r"[A-Z0-9]{1,12}", first[:-len(q)]):
+            return ALIASES.get(first[:-len(q)], first[:-len(q)]), q
+    return None, None
+
+def _header(path: Path) -> tuple[list[list[str]], str]:
+    "The first three lines of a CSV file (split into cells) and its delimiter."
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+        lines = [f.readline() for _ in range(3)]
+    first = lines[0]
+    delim = ";" if first.count(";") > first.count(",") else ("\t" if first.count("\t") > first.count(",") else ",")
+    return [next(csv.reader([l], delimiter=delim), []) if l else [] for l in lines], delim
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+def _read_csv(path: Path, **kw) -> pd.DataFrame:
+    "CSV → DataFrame with pyarrow's parser (multi-threaded), pandas' C parser when pyarrow cannot read it."
+    try:
+        return pd.read_csv(path, engine="pyarrow", **kw)
+    except Exception:  # noqa: BLE001 (pyarrow's errors are of several kinds; the C parser decides)
+        return pd.read_csv(path, skipinitialspace=True, **kw)
+
+def _read_raw(path: Path) -> tuple[pd.DataFrame, int, dict]:
+    "The file as a DataFrame with named columns, the number of header lines, and what the header showed."
+    suffixes = "".join(path.suffixes).lower()
+    check_file(path, parquet=suffixes.endswith((".parquet", ".pq")))  # folder, missing, binary, truncated, too wide
+    if suffixes.endswith((".parquet", ".pq")):
+        try:
+            frame = pd.read_parquet(path)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{path}: cannot be read as Parquet ({e})") from e
+        if isinstance(frame.index, pd.DatetimeIndex):
+            frame = frame.rename_axis("timestamp").reset_index()
+        check_fields(frame, str(path))
+        return frame, 1, {}
+    try:
+        lines, delim = _header(path)
+        head = lines[0]
+        if not head:
+            raise DataError(f"{path}: the file is empty; it holds no prices")
+        if head[0].strip().lower() == "price" and lines[1] and lines[1][0].strip().lower() == "ticker":
+            # yfinance ≥ 0.2.48: `Price,<fields>` / `Ticker,<ticker>...` / `Date,,,`
+            names = ["Date"] + [h.strip() for h in head[1:]]
+            frame = _read_csv(path, header=None, skiprows=3, names=names, encoding="utf-8-sig", sep=delim)
+            return frame, 3, {"ticker": lines[1][1].strip() if len(lines[1]) > 1 else None}
+        if _is_number(head[0].strip()):  # no header: the exchange kline convention (time, open, high, low, close, volume, ...)
+            n = len(head)
+            names = list(BINANCE_KLINE) if n == 12 else ["timestamp", "open", "high", "low", "close", "volume"][:n] + \
+                [f"extra_{i}" for i in range(max(0, n - 6))]
+            frame = _read_csv(path, header=None, names=names, encoding="utf-8-sig", sep=delim)
+            return frame, 0, {"headerless": n}
+        names = [h.strip() for h in head]
+        seen = {}
+        for i, name in enumerate(names):
+            key = name.lower()
+            if key and key in seen:
+                raise DataError(f"{path}: row 1 (header): columns {seen[key] + 1} and {i + 1} are both named {name!r}; "
+                                "keep one column per asset or field (rename or delete the other)")
+            seen[key] = i
+        frame = _read_csv(path, header=0, encoding="utf-8-sig", sep=delim)
+        frame.columns = [str(c).strip() for c in frame.columns]
+        check_fields(frame, str(path))
+        return frame, 1, {}
+    except DataError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: truncated or corrupt compressed file ({type(e).__name__}); download or export it again") from None
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot be read as CSV ({' '.join(str(e).split())[:200]})") from e
+
+def detect_layout(columns, headerless: int | None = None) -> str:
+    "The layout (a key of `LAYOUTS`) of a file with these columns; raises `DataError` for none."
     cols = [str(c).strip().lower() for c in columns]
-    if {"snapped_at", "price"} <= set(cols):
+    s = set(cols)
+    if headerless:
+        return {12: "binance", 7: "kraken"}.get(headerless, "ccxt")
+    if {"snapped_at", "price"} <= s:
         return "coingecko"
-    if any(c in _TIME for c in cols) and any(c in _ASSET for c in cols) and "close" in cols:
+    has_time = any(c in TIME_COLUMNS for c in cols)
+    if not has_time:
+        raise DataError(f"unknown column layout {list(columns)[:8]}: no time column (one of {', '.join(TIME_COLUMNS)}); "
+                        "expected one of: " + "; ".join(LAYOUTS.values()))
+    if any(c in _ASSET for c in cols) and ("close" in s or "price" in s):
         return "ohlcv"
-    if cols and cols[0] in _TIME and len(cols) >= 2 and not any(c in _ASSET for c in cols):
+    if "adj close" in s or {"dividends", "stock splits"} <= s:
+        return "yahoo"
+    if {"open_time", "close_time"} <= s:
+        return "binance"
+    if "turnover" in s and "close" in s:
+        return "bybit"
+    if cols[:6] == ["timestamp", "open", "high", "low", "close", "volume"]:
+        return "ccxt"  # the DataFrame every ccxt example builds from fetch_ohlcv
+    if "close" in s or "price" in s:
+        return "one-asset"
+    if len(cols) >= 2 and not any(c in _ASSET for c in cols):
         return "wide"
     raise DataError(f"unknown column layout {list(columns)[:8]}; expected one of: " + "; ".join(LAYOUTS.values()))
 
-def read_price_file(path, asset: str | None = None) -> tuple[pd.DataFrame, str]:
-    """Read a user's price file into a validated long frame; returns `(frame, layout)`.
+def _time_column(frame: pd.DataFrame, layout: str) -> str:
+    lower = {c.lower(): c for c in frame.columns}
+    order = ("snapped_at",) if layout == "coingecko" else TIME_COLUMNS
+    return next(lower[c] for c in order if c in lower)
 
-    `asset` names the asset of a CoinGecko file (default: the file name's prefix, upper-cased) and
-    is refused for the other layouts, which name their assets. Raises `DataError` on a missing or
-    unreadable file, an unknown layout, or data that fails `validate_long`."""
-    path = Path(path)
-    frame = _read_table(path)
-    layout = detect_layout(frame.columns)
+def _one_asset_name(path: Path, asset: str | None, where: str, layout: str, meta: dict, notes: list) -> str:
+    if asset is not None:
+        return asset
+    if meta.get("ticker"):
+        name, quote = asset_from_name(Path(meta["ticker"]))
+        notes.append(f"asset {name or meta['ticker']} from the ticker {meta['ticker']!r}" + (f", quoted in {quote}" if quote else ""))
+        return name or meta["ticker"]
+    name, quote = asset_from_name(path)
+    if name is None:
+        raise _refuse(where, f"the prices of one asset ({layout} layout), and the file name shows no pair (like SOLUSDT.csv "
+                             "or SOL-USD.csv); pass --asset NAME")
+    notes.append(f"asset {name} from the file name {path.name!r}, quoted in {quote}")
+    return name
+
+def _long_from(frame: pd.DataFrame, layout: str, path: Path, asset: str | None, meta: dict, notes: list,
+               header_lines: int) -> pd.DataFrame:
+    "The file's rows as a long frame (`LONG_COLUMNS` plus `_row`, the file's line number)."
     where = str(path)
+    lower = {c.lower(): c for c in frame.columns}
+    time_col = _time_column(frame, layout)
+    line = np.arange(header_lines + 1, header_lines + 1 + len(frame), dtype=np.int64)
+    if layout == "wide":
+        if asset is not None:
+            raise _refuse(where, "--asset is only for a one-asset file; this wide file names its assets in its header")
+        fields = [c for c in frame.columns if c != time_col and c.lower() in FIELDS]
+        if fields:
+            raise _refuse(where, f"row 1 (header): column {fields[0]!r} is a price field, not an asset; for one asset's "
+                                 "prices name the close column 'close' and pass --asset NAME, for a wide file name each "
+                                 "column after its asset")
+        stamps, tnotes = read_times(frame[time_col], where)
+        notes += tnotes
+        values = frame.drop(columns=[time_col])
+        cols = []
+        for c in values.columns:
+            num = values[c].astype(float) if pd.api.types.is_numeric_dtype(values[c]) else pd.to_numeric(values[c], errors="coerce")
+            bad = num.isna() & values[c].notna() & (values[c].astype(str).str.strip() != "")
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise _refuse(where, f"row {line[i]}: {c} is {values[c].iloc[i]!r}, not a number; write plain numbers "
+                                     "(a dot for decimals, no thousands separators or currency signs)")
+            cols.append(num.to_numpy(dtype=float))
+        mat = np.column_stack(cols)
+        keep = ~np.isnan(mat)
+        r, k = np.nonzero(keep)
+        order = np.lexsort((r, k))  # by asset, then by row
+        r, k = r[order], k[order]
+        return pd.DataFrame({"timestamp": stamps[r], "asset": np.asarray(values.columns, dtype=object)[k],
+                             "close": mat[r, k], "_row": line[r]})
+    if layout == "ohlcv":
+        if asset is not None:
+            raise _refuse(where, "--asset is only for a one-asset file; this long file names its assets in a column")
+        asset_col = next(lower[c] for c in _ASSET if c in lower)
+        names = frame[asset_col].astype(str).str.strip()
+        if asset_col.lower() != "asset":  # exchange symbols: BTCUSDT → BTC when every symbol ends in a quote currency
+            pairs = {s: asset_from_name(Path(s)) for s in pd.unique(names)}
+            if all(base for base, _ in pairs.values()) and len({b for b, _ in pairs.values()}) == len(pairs):
+                names = names.map({s: b for s, (b, _) in pairs.items()})
+                notes.append("assets from the symbols: " + ", ".join(f"{s} → {b} (quoted in {q})" for s, (b, q) in sorted(pairs.items())))
+    else:
+        names = None
+    stamps, tnotes = read_times(frame[time_col], where)
+    notes += tnotes
+    out = {"timestamp": stamps}
+    for key, target in FIELDS.items():
+        if key in lower and target not in out and lower[key] != time_col:
+            out[target] = frame[lower[key]].to_numpy()
+    if "adj close" in out:
+        notes.append("Adj Close used as the close (adjusted for splits and dividends)")
+        out["close"] = out.pop("adj close")
+        for f in ("open", "high", "low"):
+            out.pop(f, None)  # unadjusted: they would not match the adjusted close
+    long = pd.DataFrame(out)
+    if names is not None:
+        long["asset"] = names.to_numpy()
+    else:
+        name = _one_asset_name(path, asset, where, layout, meta, notes)
+        if name.strip().lower() in FIELDS or name.strip().lower() in TIME_COLUMNS:
+            raise _refuse(where, f"the asset would be named {name!r}, a column name; pass --asset with the asset's name")
+        long["asset"] = name
+    long["_row"] = line
+    return long
+
+def _check_rows(long: pd.DataFrame, where: str, allow_jumps: bool, notes: list) -> pd.DataFrame:
+    "Refuse non-numeric, non-finite, implausible and ×1000-jumping prices, naming the row; sort by asset and time."
+    for col in ("open", "high", "low", "close", "volume", "market_cap"):
+        if col not in long:
+            continue
+        raw = long[col]
+        if not isinstance(raw, pd.Series):
+            raw = pd.Series(raw)
+        num = raw.astype(float) if pd.api.types.is_numeric_dtype(raw) else pd.to_numeric(raw, errors="coerce")
+        bad = num.isna() & raw.notna()
+        if bad.any():
+            bad &= raw.astype(str).str.strip() != ""
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise _refuse(where, f"row {long['_row'].iloc[i]}: {col} of {long['asset'].iloc[i]} is {raw.iloc[i]!r}, not a number; "
+                                 "write plain numbers (a dot for decimals, no thousands separators or currency signs)")
+        v = num.to_numpy(dtype=float)
+        limit = np.inf if col in ("volume", "market_cap") else MAX_PRICE
+        wrong = np.isinf(v) | (np.abs(v) > limit)
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            raise _refuse(where, f"row {long['_row'].iloc[i]}: {col} of {long['asset'].iloc[i]} at "
+                                 f"{long['timestamp'].iloc[i].isoformat()} is {v[i]:g}, " +
+                                 ("not a finite number" if np.isinf(v[i]) else f"beyond the plausible {MAX_PRICE:g}") +
+                                 "; fix or delete the row")
+        if col in ("open", "high", "low", "close") and (v <= 0).any():
+            i = int(np.flatnonzero(v <= 0)[0])
+            raise _refuse(where, f"row {long['_row'].iloc[i]}: non-positive {col} price {v[i]:g} for {long['asset'].iloc[i]} at "
+                                 f"{long['timestamp'].iloc[i].isoformat()}; prices must be > 0: fix or delete the row")
+        long[col] = v
+    if long["close"].isna().any():
+        i = int(np.flatnonzero(long["close"].isna().to_numpy())[0])
+        raise _refuse(where, f"row {long['_row'].iloc[i]}: no close price for {long['asset'].iloc[i]} at "
+                             f"{long['timestamp'].iloc[i].isoformat()}; fill the price or delete the row")
+    if not (long["asset"].to_numpy()[1:] >= long["asset"].to_numpy()[:-1]).all() or \
+            not long.groupby("asset", sort=False)["timestamp"].is_monotonic_increasing.all():
+        descending = long.groupby("asset", sort=False)["timestamp"].is_monotonic_decreasing.all()
+        long = long.sort_values(["asset", "timestamp"], kind="stable", ignore_index=True)
+        notes.append("rows sorted by time (the file was newest first)" if descending else "rows sorted by asset and time")
+    if not allow_jumps:
+        c = long["close"].to_numpy()
+        same = long["asset"].to_numpy()[1:] == long["asset"].to_numpy()[:-1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = c[1:] / c[:-1]
+        jump = same & ((ratio > MAX_JUMP) | (ratio < 1 / MAX_JUMP))
+        if jump.any():
+            i = int(np.flatnonzero(jump)[0]) + 1
+            raise _refuse(where, f"row {long['_row'].iloc[i]}: close of {long['asset'].iloc[i]} jumps from {c[i - 1]:g} to "
+                                 f"{c[i]:g} (×{ratio[i - 1]:.3g}) in one period at {long['timestamp'].iloc[i].isoformat()}; "
+                                 "check the units (a price in cents, a wrong column) or pass --allow-jumps")
+    return long
+
+def collapse_duplicates(long: pd.DataFrame, where: str, notes: list) -> pd.DataFrame:
+    """Collapse rows that repeat an asset and timestamp with the same values (a note says how many); refuse
+    (`DataError`) two rows with different values, naming the timestamp, the asset, both values and both rows."""
+    key = long.duplicated(["asset", "timestamp"], keep=False).to_numpy()
+    if not key.any():
+        return long
+    values = [c for c in ("open", "high", "low", "close", "volume", "market_cap") if c in long]
+    dups = long[key]
+    exact = dups.duplicated(["asset", "timestamp", *values], keep="first")
+    rest = dups[~exact]
+    clash = rest.duplicated(["asset", "timestamp"], keep=False)
+    if clash.any():
+        a, b = rest[clash].iloc[0], rest[clash].iloc[1]
+        col = next((c for c in values if not (a[c] == b[c] or (pd.isna(a[c]) and pd.isna(b[c])))), "close")
+        fa, fb = a.get("_file", where), b.get("_file", where)
+        loc = f"{fa} row {a['_row']} and " + (f"row {b['_row']}" if fa == fb else f"{fb} row {b['_row']}")
+        raise DataError(f"{loc}: two different {col} values for {a['asset']} at {a['timestamp'].isoformat()}: "
+                        f"{a[col]:g} and {b[col]:g}; keep one of the rows")
+    drop = np.zeros(len(long), dtype=bool)
+    drop[np.flatnonzero(key)[exact.to_numpy()]] = True
+    notes.append(f"{int(drop.sum()):,} exact duplicate row(s) collapsed (the same asset, time and values repeated)")
+    return long[~drop].reset_index(drop=True)
+
+def bar_words(bar: pd.Timedelta) -> str:
+    "A bar length in words: `1 h`, `1 day`, `15 min`."
+    s = int(bar.total_seconds())
+    if s and s % 86400 == 0:
+        return f"{s // 86400} day" + ("s" if s // 86400 > 1 else "")
+    if s and s % 3600 == 0:
+        return f"{s // 3600} h"
+    if s and s % 60 == 0:
+        return f"{s // 60} min"
+    return f"{bar}"
+
+def _gap_steps(ts: np.ndarray) -> tuple[pd.Timedelta, np.ndarray]:
+    steps = np.diff(ts.astype("int64"))
+    vals, counts = np.unique(steps, return_counts=True)
+    return pd.Timedelta(int(vals[np.argmax(counts)]), "ns"), steps
+
+def frequency_label(index: pd.DatetimeIndex) -> str:
+    "The bar of a series of timestamps in words (`portopt.clean.infer_frequency` when it can tell, else the usual step)."
+    if len(index) < 3:
+        return "too few rows"
+    try:
+        from .clean import infer_frequency
+        return infer_frequency(pd.DatetimeIndex(index)).label
+    except Exception:  # noqa: BLE001 (irregular data, or infer_frequency not there yet: describe the usual step)
+        bar, steps = _gap_steps(np.asarray(index, dtype="datetime64[ns]"))
+        gaps = int((steps != bar.value).sum())
+        return f"{bar_words(bar)} bars" + (f", {gaps} gap(s)" if gaps else "")
+
+def check_frequencies(long: pd.DataFrame, where: str, notes: list) -> None:
+    """Refuse an asset whose rows mix bar lengths (a step shorter than its usual bar, or not a whole number of
+    bars: e.g. daily and hourly files of one asset under one source), naming the asset, the row and both steps.
+    Missing bars (steps of whole bars) are allowed, counted in a note."""
+    bounds = np.flatnonzero(long["asset"].to_numpy()[1:] != long["asset"].to_numpy()[:-1]) + 1
+    ts = long["timestamp"].to_numpy(dtype="datetime64[ns]")
+    missing = {}
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(long)]):
+        if hi - lo < 3:
+            continue
+        bar, steps = _gap_steps(ts[lo:hi])
+        odd = (steps % bar.value != 0) | (steps < bar.value)
+        # a coarser series inside: the same multiple of the bar three times in a row (a gap does not repeat like that)
+        other = steps != bar.value
+        run = other[:-2] & other[1:-1] & other[2:] & (steps[:-2] == steps[1:-1]) & (steps[1:-1] == steps[2:])
+        if run.any() and not odd.any():
+            odd = np.r_[run, False, False]
+        if odd.any():
+            i = lo + int(np.flatnonzero(odd)[0]) + 1
+            row = long.iloc[i]
+            f = row.get("_file", where)
+            raise DataError(f"{f} row {row['_row']}: mixed bar lengths for {row['asset']}: a step of "
+                            f"{bar_words(pd.Timedelta(int(steps[i - lo - 1]), 'ns'))} at {row['timestamp'].isoformat()} among {bar_words(bar)} bars; "
+                            "import each frequency under its own --source (or resample first)")
+        n_missing = int((steps // bar.value - 1).sum())
+        if n_missing:
+            missing[long["asset"].iloc[lo]] = (n_missing, bar)
+    for a, (n, bar) in missing.items():
+        notes.append(f"{a}: {n:,} missing {bar_words(bar)} bar(s) inside its span (kept as gaps, nothing filled)")
+
+def import_file(path, asset: str | None = None, allow_jumps: bool = False) -> PriceFile:
+    """Read one price file (any layout of `LAYOUTS`) into a `PriceFile`: a validated long frame
+    (`portopt.clean.LONG_COLUMNS`, UTC), its layout, its default source and notes.
+
+    `asset` names the asset of a one-asset file (default: from a CoinGecko name, a yfinance ticker or a pair in the
+    file name such as `SOLUSDT.csv`); it is refused for layouts that name their assets. Raises `DataError`, one
+    line naming the file, the row and the fix, for: an unreadable file, an unknown layout, duplicated columns, a
+    price field used as an asset, non-numeric, non-finite or implausible prices (> `MAX_PRICE`, or a jump of more
+    than ×`MAX_JUMP` in one period unless `allow_jumps`), conflicting duplicate rows, mixed bar lengths."""
+    path = Path(path)
+    where = str(path)
+    frame, header_lines, meta = _read_raw(path)
+    if frame.empty:
+        raise _refuse(where, "no rows; the file holds no prices")
+    layout = detect_layout(frame.columns, meta.get("headerless"))
+    if "ticker" in meta:
+        layout = "yahoo"
+    notes: list[str] = []
     if layout == "coingecko":
         name = asset or path.name.split("-")[0].split(".")[0].upper()
-        return coingecko_frame(frame, name, where), layout
-    if asset is not None:
-        raise DataError(f"{where}: --asset is only for a CoinGecko file; this {layout} file names its assets")
-    frame = frame.rename(columns=lambda c: str(c).strip())
-    lower = {c.lower(): c for c in frame.columns}
-    time_col = next(lower[c] for c in _TIME if c in lower)
-    if layout == "ohlcv":
-        asset_col = next(lower[c] for c in _ASSET if c in lower)
-        long = frame.rename(columns={time_col: "timestamp", asset_col: "asset", **{lower[c]: c for c in
-                            ("open", "high", "low", "close", "volume", "market_cap") if c in lower}})
-        return validate_long(long, where), layout
-    wide = frame.set_index(time_col)
-    if wide.columns.duplicated().any():
-        raise DataError(f"{where}: duplicated asset column {wide.columns[wide.columns.duplicated()][0]!r}")
-    long = (wide.rename_axis(index="timestamp", columns="asset").stack(future_stack=True).rename("close").reset_index())
-    long = long[long["close"].notna() & (long["close"].astype(str).str.strip() != "")]
-    long = long.sort_values(["asset"], kind="stable")
-    return validate_long(long, where), layout
+        if asset is None:
+            notes.append(f"asset {name} from the file name")
+        raw = frame.rename(columns=lambda c: str(c).strip().lower())
+        long = pd.DataFrame({"timestamp": read_times(raw["snapped_at"], where)[0].floor("D"), "asset": name,
+                             "close": raw["price"].to_numpy(), "volume": raw.get("total_volume"),
+                             "market_cap": raw.get("market_cap"),
+                             "_row": np.arange(2, 2 + len(raw))})
+    else:
+        long = _long_from(frame, layout, path, asset, meta, notes, header_lines)
+    long = _check_rows(long, where, allow_jumps, notes)
+    long = collapse_duplicates(long, where, notes)
+    check_frequencies(long, where, notes)
+    out = validate_long(long.drop(columns="_row"), where)
+    out["_row"] = long["_row"].to_numpy()
+    if layout == "ohlcv" and "open_time" in {str(c).lower() for c in frame.columns}:
+        layout = "binance"  # Binance's kline columns with a symbol column (python-binance dumps)
+    source = layout if layout in ("coingecko", "binance", "bybit", "ccxt", "kraken", "yahoo") else f"file:{path.name}"
+    return PriceFile(path, out, layout, source, notes)
+
+def expand_paths(paths) -> list[Path]:
+    "Paths and glob patterns (`data/*.csv`) → the files, in order, each once; `DataError` for a pattern matching nothing."
+    out: list[Path] = []
+    for p in paths:
+        p = str(p)
+        matches = sorted(globmod.glob(p)) if any(ch in p for ch in "*?[") else [p]
+        if not matches:
+            raise DataError(f"{p}: no file matches this pattern")
+        out += [Path(m) for m in matches if Path(m) not in out]
+    return out
+
+def import_files(paths, asset: str | None = None, source: str | None = None,
+                 allow_jumps: bool = False) -> tuple[list[PriceFile], dict[str, pd.DataFrame], list[str]]:
+    """Read several files (paths or globs) for one import: returns the `PriceFile`s, the long frame to write per
+    source (`source` for all, else each file's default), and notes. Rows repeated across files of one source
+    collapse when equal; different values for one asset and time are refused naming both files and rows."""
+    files = [import_file(p, asset, allow_jumps) for p in expand_paths(paths)]
+    by_source: dict[str, list] = {}
+    bars: dict[tuple, tuple] = {}
+    for f in files:
+        src = source or f.source
+        for a, ts in f.frame.groupby("asset", sort=False)["timestamp"]:
+            if len(ts) < 3:
+                continue
+            bar = _gap_steps(ts.to_numpy(dtype="datetime64[ns]"))[0]
+            seen = bars.setdefault((src, a), (bar, f.path))
+            if seen[0] != bar:
+                raise DataError(f"{f.path}: {bar_words(bar)} bars of {a}, but {seen[1]} has {bar_words(seen[0])} bars of it "
+                                f"under the same source {src!r}; import each frequency under its own --source")
+        by_source.setdefault(source or f.source, []).append(f.frame.assign(_file=str(f.path)))
+    batches, notes = {}, []
+    for src, frames in by_source.items():
+        long = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        if len(frames) > 1:
+            long = long.sort_values(["asset", "timestamp"], kind="stable", ignore_index=True)
+            before = len(notes)
+            long = collapse_duplicates(long, f"source {src}", notes)
+            notes[before:] = [f"source {src}: {n}" for n in notes[before:]]
+            check_frequencies(long, f"source {src}", notes)
+        batches[src] = long.drop(columns=["_row", "_file"]).reset_index(drop=True)
+    return files, batches, notes
+
+def read_price_file(path, asset: str | None = None, allow_jumps: bool = False) -> tuple[pd.DataFrame, str]:
+    """Read a user's price file into a validated long frame; returns `(frame, layout)` (see `import_file`)."""
+    f = import_file(path, asset, allow_jumps)
+    return f.frame.drop(columns="_row"), f.layout
+

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
-from .clean import clean_prices, returns, to_utc
-from .config import ConfigError, DataError, PortoptError, StoreError, get_settings
+from .clean import clean_prices, resolve_frequency, returns, to_utc
+from .config import ConfigError, DataError, PortoptError, StoreError, get_settings, redact
 from .optimize import STRATEGIES, estimation_window, optimize
+from .portfolio import PortfolioSettings, portfolio_settings_from
 from .reallocate import ReallocationSettings, read_recent_prices, reallocate_portfolio
 from .store import Store, to_iso
 
@@ -26,28 +27,18 @@ log = logging.getLogger("portopt.events")
 
 # %% auto #0
 __all__ = ['log', 'PORTFOLIO_DEFAULTS', 'DATA_TOPICS', 'portfolio_settings', 'Alert', 'check_alerts', 'post_webhook',
-           'raise_alerts', 'Rebalance', 'rebalance', 'affected_portfolios', 'WarmKernel', 'Outcome', 'Listener']
+           'raise_alerts', 'Rebalance', 'rebalance', 'affected_portfolios', 'WarmKernel', 'Unit', 'Outcome', 'Listener']
 
 # %% ../nbs/60_events.ipynb #dbc54073
-PORTFOLIO_DEFAULTS = dict(
-    assets=None,              # the assets to allocate (default: those held)
-    strategy="min_variance",  # a key of portopt.optimize.STRATEGIES
-    window=90,                # periods of returns the optimization sees
-    periods_per_year=365,     # 365 for crypto, 252 for equities
-    reallocation=None,        # portopt.reallocate.ReallocationSettings as a dict (band, fee_bps, cash, ...)
-    max_drawdown=None,        # alert when the holdings' drawdown over `window` is beyond this fraction (e.g. 0.3)
-    utilization_cap=None,     # alert when a held asset's pool utilization is above this fraction (e.g. 0.9)
-    liquidity_floor=None,     # alert when a held asset's available liquidity is below this (token units)
-    stale_after_hours=None,   # alert when an asset's latest price is older than this at the decision time
-)
+PORTFOLIO_DEFAULTS = PortfolioSettings().stored()  # the one place defaults live is PortfolioSettings
 
-def portfolio_settings(store: Store, portfolio: str) -> dict:
-    "The portfolio's settings over `PORTFOLIO_DEFAULTS`. Raises `StoreError` for an unknown portfolio."
+def portfolio_settings(store: Store, portfolio: str) -> PortfolioSettings:
+    "The portfolio's validated settings. Raises `StoreError` for an unknown portfolio, `ConfigError` for bad settings."
     p = store.read_portfolios()
     row = p[p["portfolio"] == portfolio]
     if row.empty:
-        raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio)")
-    return {**PORTFOLIO_DEFAULTS, **(row.iloc[0]["settings"] or {})}
+        raise StoreError(f"no portfolio {portfolio!r}; create it first (portopt portfolio create)")
+    return portfolio_settings_from(row.iloc[0]["settings"], portfolio)
 
 # %% ../nbs/60_events.ipynb #e25cd35b
 @dataclass(frozen=True)
@@ -63,39 +54,40 @@ def check_alerts(store: Store, portfolio: str, as_of=None, plan: dict | None = N
     raise a drift alert naming the asset furthest from its target."""
     s = portfolio_settings(store, portfolio)
     units = store.read_holdings(portfolio, as_of=as_of)
-    assets = sorted(set(s["assets"] or []) | set(units.index))
+    assets = sorted(set(s.assets or []) | set(units.index))
     out = []
     off = [p for p in (plan or {}).get("positions") or [] if not p.get("in_band", True)]
     if off:
         worst = max(off, key=lambda p: abs(p["weight"] - p["target_weight"]) / max(p["target_weight"], 1e-12))  # relative drift
-        lo, hi = ReallocationSettings.from_mapping(s.get("reallocation")).band
+        lo, hi = s.band
         out.append(Alert("drift", f"{portfolio}: {len(off)} asset(s) outside the {lo:.0%}–{hi:.0%} band; {worst['asset']} is at "
                                   f"{worst['weight']:.1%} against a target of {worst['target_weight']:.1%}", portfolio))
-    prices = store.read_prices(assets, as_of=as_of) if assets else pd.DataFrame()
-    if s["max_drawdown"] is not None and len(units) and len(prices):
-        value = (prices[units.index.intersection(prices.columns)].ffill().iloc[-int(s["window"]):] * units).sum(axis=1)
+    prices = store.read_prices(assets, as_of=as_of, source=s.source) if assets else pd.DataFrame()
+    if s.max_drawdown is not None and len(units) and len(prices):
+        value = (prices[units.index.intersection(prices.columns)].ffill().iloc[-s.window:] * units).sum(axis=1)
         dd = float((value / value.cummax() - 1).min())
-        if dd < -abs(s["max_drawdown"]):
-            out.append(Alert("drawdown", f"{portfolio}: drawdown {dd:.1%} over the last {s['window']} periods is beyond "
-                                         f"the limit -{abs(s['max_drawdown']):.1%}", portfolio))
+        if dd < -abs(s.max_drawdown):
+            out.append(Alert("drawdown", f"{portfolio}: drawdown {dd:.1%} over the last {s.window} periods is beyond "
+                                         f"the limit -{abs(s.max_drawdown):.1%}", portfolio))
     for key, metric, worse in (("utilization_cap", "utilization", lambda v, lim: v > lim),
                                ("liquidity_floor", "available_liquidity", lambda v, lim: v < lim)):
-        if s[key] is None or not len(units):
+        limit = getattr(s, key)
+        if limit is None or not len(units):
             continue
         m = store.read_market_metrics(list(units.index), [metric], as_of=as_of)
         for asset, rows in m.groupby("asset"):
             v = float(rows.sort_values("timestamp")["value"].iloc[-1])
-            if worse(v, s[key]):
+            if worse(v, limit):
                 word = "above the cap" if metric == "utilization" else "below the floor"
                 out.append(Alert(metric if metric == "utilization" else "liquidity",
-                                 f"{portfolio}: {asset} {metric} {v:,.4g} is {word} {s[key]:,.4g}", portfolio))
-    if s["stale_after_hours"] is not None and assets:
+                                 f"{portfolio}: {asset} {metric} {v:,.4g} is {word} {limit:,.4g}", portfolio))
+    if s.stale_after_hours is not None and assets:
         now = to_utc(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC")
         for a in assets:
             last = prices[a].last_valid_index() if a in prices.columns else None
-            if last is None or (now - last) > pd.Timedelta(hours=float(s["stale_after_hours"])):
+            if last is None or (now - last) > pd.Timedelta(hours=float(s.stale_after_hours)):
                 out.append(Alert("stale_data", f"{portfolio}: the latest {a} price is "
-                                 f"{'missing' if last is None else last.isoformat()} (older than {s['stale_after_hours']} h "
+                                 f"{'missing' if last is None else last.isoformat()} (older than {s.stale_after_hours:g} h "
                                  f"at {now.isoformat()})", portfolio))
     return out
 
@@ -114,7 +106,7 @@ def post_webhook(url: str, alert: Alert | dict, timeout: float = 10.0, attempts:
                 r.raise_for_status()
                 return r.status_code
     except httpx.HTTPError as e:
-        raise StoreError(f"webhook {url} refused the alert after {attempts} attempts: {e}") from e
+        raise StoreError(redact(f"webhook {url} refused the alert after {attempts} attempts: {e}")) from None
 
 def raise_alerts(store: Store, alerts: list[Alert], webhook: str | None = None) -> list[int]:
     """Write each alert that is not already open (same portfolio and kind) to `alerts`; POST the new ones to
@@ -147,26 +139,30 @@ class Rebalance:
 def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = None, webhook: str | None = None) -> Rebalance:
     """Re-optimize `portfolio` on prices known at `as_of` (default: all), store the weights and the reallocation
     decision, raise alerts. Idempotent: the same data gives the same rows. Raises `ConfigError` when the portfolio
-    names no assets and holds none, `StoreError` for an unknown portfolio, `OptimizationError` when solvers fail."""
+    names no assets and holds none, `StoreError` for an unknown portfolio, `OptimizationError` when solvers fail.
+    `webhook`: where new alerts are POSTed (default `$PORTOPT_WEBHOOK`: a secret, so it comes by environment)."""
+    import os
+    webhook = webhook or os.environ.get("PORTOPT_WEBHOOK") or None
     s = portfolio_settings(store, portfolio)
     units = store.read_holdings(portfolio, as_of=as_of)
-    assets = list(s["assets"] or units.index)
+    assets = list(s.assets or units.index)
     if not assets:
         raise ConfigError(f"portfolio {portfolio!r} has no assets in its settings and holds none; "
-                          "set settings['assets'] or write its holdings")
+                          "set its assets (portopt portfolio create --assets) or write its holdings")
     # the window needs its periods only: twice their span in days, and a month
-    raw = read_recent_prices(store, assets, as_of, 2 * int(s["window"]) * 366 / int(s["periods_per_year"]) + 30,
-                             lambda p: len(p) > int(s["window"]) and set(assets) <= set(p.columns))
+    raw = read_recent_prices(store, assets, as_of, 2 * s.window * 366 / (s.periods_per_year or 252) + 30,
+                             lambda p: len(p) > s.window and set(assets) <= set(p.columns), s.source)
     missing = [a for a in assets if a not in raw.columns]
     if missing:
         raise DataError(f"portfolio {portfolio!r}: no prices stored for {missing}; collect or import them first")
     prices = clean_prices(raw).prices
-    window = estimation_window(returns(prices), int(s["window"]))
-    alloc = optimize(window, s["strategy"], periods_per_year=int(s["periods_per_year"]))
+    window = estimation_window(returns(prices), s.window)
+    ppy = resolve_frequency(prices.index, s.periods_per_year).periods_per_year  # given, or inferred from the spacing
+    alloc = optimize(window, s.strategy, periods_per_year=ppy, **s.strategy_params)
     at = to_iso(prices.index[-1] if as_of is None else min(to_utc(as_of), prices.index[-1]))
-    oid = store.write_optimization(s["strategy"], dict(alloc.params, window=int(s["window"]), assets=assets),
+    oid = store.write_optimization(s.strategy, dict(alloc.params, window=s.window, periods_per_year=ppy, assets=assets),
                                    alloc.weights, alloc.metrics(), as_of=at, portfolio=portfolio, run_id=run_id)
-    extra = dict(optimization_id=oid, strategy=s["strategy"])
+    extra = dict(optimization_id=oid, strategy=s.strategy)
     if float(units.sum()) <= 0:
         status, plan = "held", dict(extra, reason="no holdings to reallocate", target=alloc.to_dict())
         rid = store.write_reallocation(portfolio, at, status, plan)
@@ -194,7 +190,8 @@ def affected_portfolios(store: Store, topic: str, payload) -> list[str]:
         raise DataError(f"{topic} event: payload {payload!r} has no list of assets")
     out = []
     for _, p in store.read_portfolios().iterrows():
-        mine = set((p["settings"] or {}).get("assets") or []) | set(store.read_holdings(p["portfolio"]).index)
+        named = (p["settings"] or {}).get("assets") if isinstance(p["settings"], dict) else None  # raw: bad settings still count
+        mine = set(named if isinstance(named, list) else []) | set(store.read_holdings(p["portfolio"]).index)
         if mine & set(assets):
             out.append(p["portfolio"])
     return out
@@ -254,33 +251,57 @@ class WarmKernel:
 
 # %% ../nbs/60_events.ipynb #bf2efbeb
 @dataclass
+class Unit:
+    """One (event, portfolio) unit of work: `succeeded`, `failed` (with its error), `skipped` (done already, or
+    held by another listener's live lease) or `interrupted` (its run could not be closed: the lease expires and
+    `Listener.recover` runs it again). `run_id`: its one `runs` row."""
+    event_id: int
+    portfolio: str
+    status: str
+    attempts: int = 0
+    run_id: str | None = None
+    error: str | None = None
+
+@dataclass
 class Outcome:
-    "What the listener did with one event: `handled`, or `failed` (recorded in `runs` with `error`)."
+    """What the listener did with one event: `handled`, or `failed` (recorded in `runs` with `error`). `units`: the
+    (event, portfolio) units of a data event, each `succeeded`, `failed`, `skipped` or `interrupted`."""
     event_id: int
     topic: str
     status: str
     attempts: int
     error: str | None = None
     runs: list = field(default_factory=list)
+    units: list = field(default_factory=list)
+
+    @property
+    def failed_units(self) -> list:
+        return [u for u in self.units if u.status == "failed"]
 
 class Listener:
     """Consume the `events` outbox of `store`.
 
     `papermill`: rebalance through the `rebalance` report notebook (an executed notebook per run in the runs folder)
     rather than directly. `db_url`: the direct Postgres connection of a Supabase store (default `SUPABASE_DB_URL`):
-    claims with `FOR UPDATE SKIP LOCKED` and wakes on `LISTEN portopt_events`; without it (SQLite), polls every
-    `poll_interval` seconds. `attempts`, `backoff`: retries of a failing handler (exponential, from `backoff`
-    seconds). `webhook`: where new alerts are POSTed. `handlers`: topic → `f(listener, topic, event_id, payload)` returning
-    the run ids it made, over the defaults. `warm_kernel`: run the notebooks in one kept kernel (`WarmKernel`) rather
-    than a new kernel per run."""
+    wakes on `LISTEN portopt_events`; without it (SQLite), polls every `poll_interval` seconds. `attempts`, `backoff`:
+    retries of a failing unit or handler (exponential, from `backoff` seconds). `lease`: seconds a claimed unit is
+    held before another listener may take it over (a killed listener's). `event_budget`: seconds one event may spend on
+    its portfolios; the units left when it is spent end `failed` naming the budget (and are retried by
+    `recover(retry_failed=True)`). `webhook`: where new alerts are POSTed. `handlers`: topic →
+    `f(listener, topic, event_id, payload)` returning the run ids it made, over the defaults. `warm_kernel`: run the
+    notebooks in one kept kernel (`WarmKernel`) rather than a new kernel per run."""
 
     def __init__(self, store: Store, *, papermill: bool = True, db_url: str | None = None, poll_interval: float = 1.0,
                  attempts: int = 3, backoff: float = 0.5, webhook: str | None = None, handlers: dict | None = None,
-                 reports_dir=None, runs_dir=None, warm_kernel: bool = True):
+                 reports_dir=None, runs_dir=None, warm_kernel: bool = True, lease: float = 300.0,
+                 event_budget: float | None = None):
         import os
         from portopt.supabase import SupabaseStore
         self.store, self.papermill, self.poll_interval = store, papermill, poll_interval
         self.attempts, self.backoff, self.webhook = attempts, backoff, webhook
+        self.lease, self.event_budget = float(lease), event_budget
+        if webhook:   # the notebooks' kernels inherit it: a secret reaches them by environment, never as a parameter
+            os.environ["PORTOPT_WEBHOOK"] = webhook
         self.reports_dir, self.runs_dir = reports_dir, runs_dir
         self.db_url = db_url or (os.environ.get("SUPABASE_DB_URL") if isinstance(store, SupabaseStore) else None)
         if isinstance(store, SupabaseStore) and not self.db_url:
@@ -291,37 +312,109 @@ class Listener:
         self._claim_conn = self._listen_conn = None
         self.kernel = WarmKernel(cwd=reports_dir or get_settings().reports_dir) if papermill and warm_kernel else None
         self.outcomes: list[Outcome] = []
+        self.units: list[Unit] = []  # every unit this listener ran, in order
+        self._event_units: list[Unit] = []
 
     # -- handlers ----------------------------------------------------------------------------
-    def rebalance_portfolio(self, portfolio: str, as_of=None) -> str:
-        "Rebalance one portfolio, through papermill or directly; either way a row in `runs` (trigger `event`). Returns its id."
-        params = {"portfolio": portfolio, "as_of": as_of, "webhook": self.webhook}
+    def rebalance_portfolio(self, portfolio: str, as_of=None, run_id: str | None = None) -> str:
+        """Rebalance one portfolio, through papermill or directly; either way a row in `runs` (trigger `event`): `run_id`
+        (a claimed unit's) or a new one. Returns its id; the row ends `succeeded`, or `failed` and the error is raised."""
+        params = {"portfolio": portfolio, "as_of": as_of}   # the webhook is a secret: by environment, never a parameter
         if self.papermill:
             from portopt.reports import run_report
-            km = None if self.kernel is None else self.kernel.ready()
-            return run_report("rebalance", params, store=self.store, trigger="event", reports_dir=self.reports_dir,
-                              runs_dir=self.runs_dir, kernel_manager=km).run_id
-        run_id = self.store.start_run("rebalance", params, trigger="event")
+            try:
+                km = None if self.kernel is None else self.kernel.ready()
+                return run_report("rebalance", params, store=self.store, trigger="event", reports_dir=self.reports_dir,
+                                  runs_dir=self.runs_dir, kernel_manager=km, run_id=run_id).run_id
+            except Exception as e:  # e.g. the kernel would not start: the claimed row ends failed, so a retry can claim it
+                if run_id is not None:
+                    try:
+                        self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
+                    except Exception:
+                        pass
+                raise
+        run_id = run_id or self.store.start_run("rebalance", params, trigger="event")
         try:
             rebalance(self.store, portfolio, as_of=as_of, run_id=run_id, webhook=self.webhook)
         except Exception as e:
-            self.store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:4000])
+            try:
+                self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
+            except Exception:  # the store is away: the row stays running and its lease expires
+                pass
             raise
         self.store.finish_run(run_id, "succeeded")
         return run_id
 
+    def run_unit(self, event_id: int, topic: str | None, portfolio: str, as_of=None, retry_failed: bool = False,
+                 budget_spent: bool = False) -> Unit:
+        """Claim and run the unit (`event_id`, `portfolio`): rebalance at `as_of` with retries and backoff. Bad
+        settings or data (`ConfigError`, `DataError`) fail at once. Never raises for the portfolio's own failure;
+        raises `StoreError` when the store cannot be reached to claim the unit (the event stays pending)."""
+        unit = f"rebalance:{int(event_id)}:{portfolio}"
+        params = {"portfolio": portfolio, "as_of": as_of, "event_id": int(event_id), "topic": topic}
+        attempts, error, run_id = 0, None, None
+        while attempts < self.attempts:
+            claimed = self.store.claim_unit(unit, "rebalance", params, trigger="event", lease_seconds=self.lease,
+                                            retry_failed=retry_failed or attempts > 0)
+            if claimed is None:
+                status = "skipped" if attempts == 0 else "interrupted"
+                return self._unit(Unit(int(event_id), portfolio, status, attempts, run_id, error))
+            run_id, attempts = claimed, attempts + 1
+            if budget_spent:
+                error = (f"BudgetExceeded: the per-event budget of {self.event_budget:g} s was spent before this portfolio; "
+                         "it is rebalanced on the next event, or now with `portopt listen --retry-failed`")
+                self.store.finish_run(run_id, "failed", error=error)
+                break
+            try:
+                self.rebalance_portfolio(portfolio, as_of, run_id=run_id)
+                return self._unit(Unit(int(event_id), portfolio, "succeeded", attempts, run_id))
+            except Exception as e:
+                error = redact(f"{type(e).__name__}: {e}")
+                if isinstance(e, (ConfigError, DataError)) or "ConfigError" in error or "DataError" in error:
+                    break  # bad settings or data (raised here, or inside a report notebook): a retry gives the same answer
+                log.info("portfolio %s (event %s) attempt %d failed: %s", portfolio, event_id, attempts, error)
+                if attempts < self.attempts:
+                    time.sleep(min(self.backoff * 2 ** (attempts - 1), 30))
+        log.warning("portfolio %s (event %s) failed after %d attempt(s): %s", portfolio, event_id, attempts, error)
+        return self._unit(Unit(int(event_id), portfolio, "failed", attempts, run_id, error))
+
+    def _unit(self, u: Unit) -> Unit:
+        self.units.append(u)
+        self._event_units.append(u)
+        return u
+
     def on_data(self, topic: str, event_id: int, payload) -> list[str]:
-        "New prices, market metrics or holdings: rebalance every portfolio they touch, at the event's latest time."
+        """New prices, market metrics or holdings: one unit of work per portfolio they touch, at the event's latest
+        time. Returns the run ids of the units run here (a failed one included)."""
         as_of = payload.get("end") if isinstance(payload, dict) and topic != "holdings" else None
-        return [self.rebalance_portfolio(p, as_of) for p in affected_portfolios(self.store, topic, payload)]
+        started, runs = time.monotonic(), []
+        for p in affected_portfolios(self.store, topic, payload):
+            spent = self.event_budget is not None and time.monotonic() - started > self.event_budget
+            u = self.run_unit(event_id, topic, p, as_of, budget_spent=spent)
+            if u.run_id and u.status in ("succeeded", "failed"):
+                runs.append(u.run_id)
+        return runs
 
     def on_alert(self, topic: str, event_id: int, payload) -> list[str]:
         "A new alert: nothing more to do here (`raise_alerts` has posted it); kept as a hook."
         return []
 
+    def recover(self, retry_failed: bool = False) -> list[Unit]:
+        """Run again the units whose lease expired (a listener killed or cut off while running them) and, with
+        `retry_failed`, the `failed` ones; each keeps its one `runs` row. Returns what happened to each."""
+        out = []
+        for status in ("expired",) + (("failed",) if retry_failed else ()):
+            for _, r in self.store.read_units(status).iterrows():
+                p = r["parameters"] if isinstance(r["parameters"], dict) else json.loads(r["parameters"])
+                if r["job"] != "rebalance" or "portfolio" not in p or "event_id" not in p:
+                    continue
+                out.append(self.run_unit(p["event_id"], p.get("topic"), p["portfolio"], p.get("as_of"), retry_failed=True))
+        return out
+
     # -- one event ----------------------------------------------------------------------------
     def handle(self, event_id: int, topic: str, payload) -> Outcome:
-        "Run the topic's handler with retries; a final failure is recorded as a failed run. Never raises a handler's error."
+        """Run the topic's handler with retries; a final failure is recorded as a failed run. Never raises a handler's
+        error, except `StoreError` from a data event (the store is away: the event stays pending, its done units stay done)."""
         handler = self.handlers.get(topic)
         if handler is None:
             return Outcome(int(event_id), topic, "handled", 0)
@@ -337,15 +430,18 @@ class Listener:
                                     retry=retry_if_not_exception_type((DataError, ConfigError))):
                 with attempt:
                     attempts += 1
+                    self._event_units = []
                     runs = handler(self, topic, event_id, payload)
-            return Outcome(int(event_id), topic, "handled", attempts, runs=runs or [])
+            return Outcome(int(event_id), topic, "handled", attempts, runs=runs or [], units=list(self._event_units))
         except Exception as e:
-            error = f"{type(e).__name__}: {e}"
+            if isinstance(e, StoreError) and handler is Listener.on_data:
+                raise
+            error = redact(f"{type(e).__name__}: {e}")
             log.warning("event %s (%s) failed after %d attempt(s): %s", event_id, topic, attempts, error)
             run_id = self.store.start_run(f"event:{topic}", {"event_id": int(event_id), "payload": payload,
                                                              "attempts": attempts}, trigger="event")
-            self.store.finish_run(run_id, "failed", error=(error + "\n" + traceback.format_exc(limit=5))[:4000])
-            return Outcome(int(event_id), topic, "failed", attempts, error, [run_id])
+            self.store.finish_run(run_id, "failed", error=redact(error + "\n" + traceback.format_exc(limit=5))[:4000])
+            return Outcome(int(event_id), topic, "failed", attempts, error, [run_id], units=list(self._event_units))
 
     # -- the queue -----------------------------------------------------------------------------
     def _connect(self):
@@ -369,7 +465,9 @@ class Listener:
         self._claim_conn = self._listen_conn = None
 
     def handle_pending(self, limit: int | None = None) -> list[Outcome]:
-        "Handle the pending events, oldest first (at most `limit`); each is marked consumed once handled or recorded."
+        """Run the units whose lease expired, then handle the pending events, oldest first (at most `limit`); each is
+        marked consumed once handled or recorded."""
+        self.recover()
         done = []
         while limit is None or len(done) < limit:
             o = self._claim_one() if self.db_url else self._poll_one()
@@ -389,6 +487,8 @@ class Listener:
         return o
 
     def _claim_one(self) -> Outcome | None:
+        """The oldest pending event. A data event is not locked while it is handled: its units are claimed one by one,
+        so several listeners share one event's portfolios. Any other topic is handled under `FOR UPDATE SKIP LOCKED`."""
         self._connect()
         conn = self._claim_conn
         with conn.transaction():
@@ -396,8 +496,13 @@ class Listener:
                                "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED").fetchone()
             if row is None:
                 return None
-            o = self.handle(*row)
-            conn.execute("UPDATE public.events SET consumed_at = now() WHERE id = %s", (row[0],))
+            if row[1] not in DATA_TOPICS:
+                o = self.handle(*row)
+                conn.execute("UPDATE public.events SET consumed_at = now() WHERE id = %s", (row[0],))
+                return o
+        o = self.handle(*row)
+        with conn.transaction():
+            conn.execute("UPDATE public.events SET consumed_at = now() WHERE id = %s AND consumed_at IS NULL", (row[0],))
         return o
 
     def wait(self, timeout: float) -> None:
@@ -428,3 +533,4 @@ class Listener:
                 stop.wait(delay)
                 delay = min(delay * 2, 30)
         return handled
+

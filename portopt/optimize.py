@@ -23,9 +23,10 @@ from .config import ConfigError, ConstraintError, DataError, OptimizationError
 
 # %% auto #0
 __all__ = ['RISK_MEASURES', 'MU_ESTIMATORS', 'COV_ESTIMATORS', 'STRATEGIES', 'SOLVERS', 'SOLVER_LOG', 'SOLVER_PARAMS',
-           'FALLBACKS', 'missing_reasons', 'estimation_window', 'Constraints', 'Allocation', 'portfolio_stats',
-           'risk_value', 'risk_contributions', 'black_litterman_posterior', 'View', 'load_views', 'solver_output',
-           'optimize', 'efficient_frontier', 'plot_frontier', 'plot_weights', 'plot_risk_contributions']
+           'FALLBACKS', 'missing_reasons', 'estimation_window', 'ConstraintsModel', 'Constraints', 'Allocation',
+           'portfolio_stats', 'risk_value', 'risk_contributions', 'black_litterman_posterior', 'View', 'load_views',
+           'solver_output', 'optimize', 'efficient_frontier', 'plot_frontier', 'plot_weights',
+           'plot_risk_contributions']
 
 # %% ../nbs/20_optimize.ipynb #8d5b3bf1
 RISK_MEASURES = {
@@ -133,6 +134,51 @@ def estimation_window(returns: pd.DataFrame, window: int | None = None, end=None
     r.attrs["excluded"] = excluded
     return r
 
+# %% ../nbs/20_optimize.ipynb #4bc4c73e
+from typing import Annotated, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+_Num = Annotated[float, Field(allow_inf_nan=False)]
+_NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    assets: list[StrictStr]
+    min: Optional[_Num] = None
+    max: Optional[_Num] = None
+
+class ConstraintsModel(BaseModel):
+    "The shape of a constraints mapping (a YAML file): the fields of `Constraints`, typed; unknown keys refused."
+    model_config = ConfigDict(extra="forbid")
+    bounds: dict[StrictStr, tuple[_Num, _Num]] = {}
+    min_weight: _Num = 0.0
+    max_weight: _Num = 1.0
+    groups: dict[StrictStr, _Group] = {}
+    long_short: StrictBool = False
+    max_short: _NonNeg = 0.0
+    turnover: Optional[_NonNeg] = None
+    current_weights: Optional[dict[StrictStr, _Num]] = None
+    tracking_error: Optional[_NonNeg] = None
+    benchmark_weights: Optional[dict[StrictStr, _Num]] = None
+    max_assets: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    min_position: Optional[_NonNeg] = None
+    cash: Optional[StrictStr] = None
+    min_cash: _NonNeg = 0.0
+
+def _validate_constraints(d: dict) -> dict:
+    "`d` checked against `ConstraintsModel`; `ConfigError` naming the first bad key (e.g. `bounds.BTC`) and what it needs."
+    plain = {k: (v.to_dict() if isinstance(v, pd.Series) else v) for k, v in d.items()}
+    try:
+        ConstraintsModel.model_validate(plain)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        hint = {"bounds": "bounds are [low, high] per asset, e.g. BTC: [0.1, 0.5]",
+                "groups": "groups are {name: {assets: [...], min: x, max: y}}"}.get(str(err["loc"][0]), "")
+        raise ConfigError(f"constraint {loc}: {err['msg']} (got {err.get('input')!r:.60}){'; ' + hint if hint else ''}") from None
+    return d
+
 # %% ../nbs/20_optimize.ipynb #40333721
 @dataclass
 class Constraints:
@@ -155,10 +201,13 @@ class Constraints:
     @classmethod
     def from_mapping(cls, d: dict | None) -> "Constraints":
         "Build from a plain mapping with the field names (e.g. parsed YAML or JSON); unknown keys raise `ConfigError`."
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"constraints must be a mapping of names to values (bounds, max_weight, ...), not a {type(d).__name__}")
         d = dict(d or {})
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"unknown constraint(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        d = _validate_constraints(d)
         for key in ("current_weights", "benchmark_weights"):
             if isinstance(d.get(key), dict):
                 d[key] = pd.Series(d[key], dtype=float)
@@ -169,10 +218,29 @@ class Constraints:
     def from_yaml(cls, path) -> "Constraints":
         "Read constraints from a YAML file with the field names as keys."
         import yaml
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder; give a YAML file of constraints")
         try:
-            return cls.from_mapping(yaml.safe_load(Path(path).read_text()) or {})
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such constraints file") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+        if b"\x00" in text[:65536]:
+            raise ConfigError(f"{path}: binary content, not a YAML file of constraints")
+        try:
+            doc = yaml.safe_load(text.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; give a YAML file of constraints") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+        if doc is not None and not isinstance(doc, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping (bounds:, max_weight:, ...), not a {type(doc).__name__}")
+        try:
+            return cls.from_mapping(doc or {})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def limits(self, assets: list) -> tuple[pd.Series, pd.Series]:
         "Lower and upper weight bound of each asset."

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .clean import check_missing, fill_gaps, resolve_frequency, to_utc
 from .config import ConfigError, DataError
+from .portfolio import PortfolioSettings, portfolio_settings_from
 
 # %% auto #0
 __all__ = ['POOL_METRICS', 'DEMO', 'square_root_impact', 'amm_swap', 'Pool', 'Market', 'ReallocationSettings', 'Reallocation',
@@ -72,13 +73,14 @@ class Market:
     """Per-asset market state. `prices`: quote currency per unit (Series by asset); `adv`: average daily traded
     volume in quote currency; `volatility`: daily, fraction; `pools`: lending-pool deposits by asset;
     `amm`: `{asset: (reserve of the asset, reserve of quote, fee)}` where trades go through a pool;
-    `price_time`: when the prices were observed (UTC)."""
+    `price_time`: when the prices were observed (UTC), the latest of any asset; `asset_times`: each asset's last price time."""
     prices: pd.Series
     adv: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
     volatility: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
     pools: dict = field(default_factory=dict)
     amm: dict = field(default_factory=dict)
     price_time: pd.Timestamp | None = None
+    asset_times: pd.Series = field(default_factory=lambda: pd.Series(dtype="datetime64[ns, UTC]"))  # last price time by asset
 
 @dataclass
 class ReallocationSettings:
@@ -97,6 +99,15 @@ class ReallocationSettings:
     cash: str = "USDC"
     max_price_age: pd.Timedelta | None = pd.Timedelta(days=2)
     drawdown_limit: float | None = None
+
+    @classmethod
+    def from_portfolio(cls, s: PortfolioSettings, band: tuple | None = None) -> "ReallocationSettings":
+        "The rules of a portfolio's validated settings (`portopt.portfolio.PortfolioSettings`); `band` overrides its band."
+        r = s.reallocation
+        return cls(band=tuple(band or s.band), fee_bps=r.fee_bps, min_trade_value=r.min_trade_value,
+                   participation=r.participation, impact_coefficient=r.impact_coefficient, decimals=dict(r.decimals),
+                   cash=s.cash, max_price_age=None if s.stale_after_hours is None else pd.Timedelta(hours=s.stale_after_hours),
+                   drawdown_limit=r.drawdown_limit)
 
     @classmethod
     def from_mapping(cls, d: dict | None) -> "ReallocationSettings":
@@ -134,6 +145,7 @@ class Reallocation:
     pools: pd.DataFrame | None = None
     reason: str = ""
     comparison: pd.DataFrame | None = None  # expected return, volatility, Sharpe (annualized) of current and target
+    notes: list = field(default_factory=list)  # what was not checked or assumed, e.g. "liquidity not checked: no volumes for [...]"
 
     def to_dict(self) -> dict:
         "JSON-ready: what the store keeps in `reallocations.plan`."
@@ -141,7 +153,7 @@ class Reallocation:
         return dict(status=self.status, nav=self.nav, reason=self.reason, costs=self.costs, steps=self.steps,
                     positions=frame(self.positions), trades=frame(self.trades), after=frame(self.after),
                     partial=frame(self.partial), pools=frame(self.pools),
-                    comparison=None if self.comparison is None else self.comparison.to_dict(orient="index"))
+                    comparison=None if self.comparison is None else self.comparison.to_dict(orient="index"), notes=self.notes)
 
 def _check_inputs(holdings: pd.Series, target: pd.Series, market: Market, as_of, settings: ReallocationSettings):
     if not isinstance(holdings, pd.Series) or holdings.empty:
@@ -229,6 +241,9 @@ def plan_reallocation(holdings: pd.Series, target, market: Market, settings: Rea
                          impact=impact, impact_bps=impact / abs(v) * 1e4, limit=limit, shortfall=max(abs(v) - limit, 0.0)))
     trades = pd.DataFrame(rows, columns=["asset"] + list(empty.columns)).set_index("asset")
     trades = trades.sort_values(["side", "value"], ascending=[False, True], key=lambda c: c.map({"sell": 1, "buy": 0}) if c.name == "side" else c)
+    unchecked = [a for a in trades.index if a not in market.pools and a not in market.amm
+                 and not market.adv.get(a, np.nan) > 0]
+    notes = [f"liquidity not checked: no volumes for {unchecked} (no participation limit, impact not estimated: 0)"] if unchecked else []
     cash_delta = -(trades["value"].sum() + trades["fee"].sum())
     after_units = h.add(trades["units"], fill_value=0.0)
     if s.cash in after_units.index or cash_delta:
@@ -250,7 +265,7 @@ def plan_reallocation(holdings: pd.Series, target, market: Market, settings: Rea
              for i, (a, r) in enumerate(trades.iterrows())]
     if short.empty:
         return Reallocation("planned", nav, positions, trades, after, costs, steps, pools=pools,
-                            reason=f"{int((~in_band).sum())} asset(s) outside the {lo:.0%}–{hi:.0%} band")
+                            reason=f"{int((~in_band).sum())} asset(s) outside the {lo:.0%}–{hi:.0%} band", notes=notes)
     # the largest feasible partial plan: every trade capped at its limit, buys scaled to the cash the sells raise
     partial = trades.copy()
     capped = np.sign(partial["value"]) * np.minimum(partial["value"].abs(), partial["limit"])
@@ -266,27 +281,28 @@ def plan_reallocation(holdings: pd.Series, target, market: Market, settings: Rea
     partial = partial[partial["value"].abs() >= max(s.min_trade_value, 1e-12)]
     reason = "; ".join(f"{a}: {r.side} {abs(r.value):,.2f} but only {r.limit:,.2f} can be absorbed (shortfall {r.shortfall:,.2f})"
                        for a, r in short.iterrows())
-    return Reallocation("failed_liquidity", nav, positions, trades, after, costs, steps, partial=partial, pools=pools, reason=reason)
+    return Reallocation("failed_liquidity", nav, positions, trades, after, costs, steps, partial=partial, pools=pools, reason=reason, notes=notes)
 
 # %% ../nbs/30_reallocate.ipynb #6c47e1d7
 POOL_METRICS = ("available_liquidity", "borrowed")
 
-def read_recent_prices(store, assets: list, as_of, days: float, enough) -> pd.DataFrame:
-    """`store.read_prices(assets, as_of=as_of)` from `days` before `as_of` only, when that is `enough(frame)`;
-    otherwise (or without `as_of`) all history. Decisions need recent rows; reading all of them is the slow part."""
+def read_recent_prices(store, assets: list, as_of, days: float, enough, source: str | None = None) -> pd.DataFrame:
+    """`store.read_prices(assets, as_of=as_of, source=source)` from `days` before `as_of` only, when that is
+    `enough(frame)`; otherwise (or without `as_of`) all history. Decisions need recent rows; reading all of them is
+    the slow part."""
     if as_of is not None:
-        recent = store.read_prices(assets, as_of=as_of, start=to_utc(as_of) - pd.Timedelta(days=days))
+        recent = store.read_prices(assets, as_of=as_of, start=to_utc(as_of) - pd.Timedelta(days=days), source=source)
         if enough(recent):
             return recent
-    return store.read_prices(assets, as_of=as_of)
+    return store.read_prices(assets, as_of=as_of, source=source)
 
-def market_from_store(store, assets: list, as_of=None, lookback: int = 30) -> Market:
+def market_from_store(store, assets: list, as_of=None, lookback: int = 30, source: str | None = None) -> Market:
     """Market state at `as_of` from the store: last prices, ADV (mean daily `volume` in quote currency over
     `lookback` days), daily volatility (std of daily returns over `lookback` days), and lending pools from
     `market_metrics` (`available_liquidity`, `borrowed`, and optionally `curve_u<k>`/`curve_r<k>` points and
-    `protocol_fee`)."""
+    `protocol_fee`). `source`: the stored price source to read (default: any)."""
     prices = read_recent_prices(store, assets, as_of, 3 * (lookback + 1),  # a margin over the lookback
-                                lambda p: len(p) > 0 and set(assets) <= set(p.columns) and not p.iloc[-1].isna().any())
+                                lambda p: len(p) > 0 and set(assets) <= set(p.columns) and not p.iloc[-1].isna().any(), source)
     if prices.empty or prices.dropna(how="all").empty:
         raise DataError(f"no prices stored for {assets} up to {as_of or 'now'}; import or collect them first")
     last = prices.ffill().iloc[-1]
@@ -294,7 +310,7 @@ def market_from_store(store, assets: list, as_of=None, lookback: int = 30) -> Ma
     if missing:
         raise DataError(f"no price stored for {missing} up to {as_of or 'now'}: unknown asset(s) for this store")
     recent = prices.iloc[-(lookback + 1):]
-    volume = store.read_prices(assets, as_of=as_of, start=prices.index[0], field="volume").iloc[-lookback:]
+    volume = store.read_prices(assets, as_of=as_of, start=prices.index[0], field="volume", source=source).iloc[-lookback:]
     vol = recent.pct_change(fill_method=None).std()
     pools = {}
     metrics = store.read_market_metrics(assets, as_of=as_of)
@@ -305,7 +321,7 @@ def market_from_store(store, assets: list, as_of=None, lookback: int = 30) -> Ma
             pools[a] = Pool(latest["available_liquidity"], latest["borrowed"], tuple(pts) if pts else Pool.curve,
                             latest.get("protocol_fee", 0.1))
     return Market(prices=last[assets], adv=volume.mean().reindex(assets), volatility=vol.reindex(assets), pools=pools,
-                  price_time=prices.index[-1])
+                  price_time=prices.index[-1], asset_times=pd.Series({a: prices[a].last_valid_index() for a in assets}))
 
 def portfolio_drawdown(store, portfolio: str, holdings: pd.Series, as_of=None, days: int = 365) -> float:
     "Drawdown (≤ 0) at `as_of` of the current holdings valued at the last `days` of stored prices."
@@ -329,44 +345,51 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
     rows = store.read_portfolios()
     if portfolio not in set(rows["portfolio"]):
         raise ConfigError(f"no portfolio {portfolio!r}; known: {sorted(rows['portfolio'])}")
-    cfg = rows.set_index("portfolio").loc[portfolio, "settings"]
-    settings = ReallocationSettings.from_mapping(dict(cfg.get("reallocation") or {}, **({"band": band} if band else {})))
+    ps = portfolio_settings_from(rows.set_index("portfolio").loc[portfolio, "settings"], portfolio)  # validated again on read
+    settings = ReallocationSettings.from_portfolio(ps, band=band)
     holdings = store.read_holdings(portfolio, as_of=as_of)
     if holdings.empty:
         raise DataError(f"portfolio {portfolio!r} has no holdings up to {as_of or 'now'}; write a snapshot first")
-    assets = list(dict.fromkeys(list(cfg.get("assets", [])) + list(holdings.index)))
+    assets = list(dict.fromkeys(list(ps.assets or []) + list(holdings.index)))
+    used = dict(settings=ps.stored(), window=ps.window, periods_per_year=ps.periods_per_year, strategy=ps.strategy)
     when = to_utc(as_of) if as_of is not None else None
-    market = market_from_store(store, assets, as_of=as_of)
-    when = when or market.price_time
     guard = None
-    if settings.max_price_age is not None and when - market.price_time > settings.max_price_age:
-        guard = ("stale_data", f"{portfolio}: prices are {when - market.price_time} old (limit {settings.max_price_age}); plan held")
-    elif settings.drawdown_limit is not None:
+    try:
+        market = market_from_store(store, assets, as_of=as_of, source=ps.source)
+    except DataError as e:  # an asset without any price: never a silent 0 % target
+        market, guard = None, ("stale_data", f"{portfolio}: {e}; plan held")
+    when = when or (market.price_time if market is not None else pd.Timestamp.now(tz="UTC"))
+    if guard is None and settings.max_price_age is not None:
+        old = {a: t for a, t in market.asset_times.items() if when - t > settings.max_price_age}
+        if old:
+            guard = ("stale_data", f"{portfolio}: the last price of " + ", ".join(f"{a} is from {t:%Y-%m-%d %H:%M} ({when - t} old)"
+                                                                               for a, t in old.items())
+                     + f" at {when:%Y-%m-%d %H:%M}, older than the stale-data limit of {settings.max_price_age}; plan held")
+    if guard is None and settings.drawdown_limit is not None:
         dd = portfolio_drawdown(store, portfolio, holdings, as_of)
         if dd <= -settings.drawdown_limit:
             guard = ("drawdown", f"{portfolio}: drawdown {dd:.1%} beyond the limit of {settings.drawdown_limit:.0%}; plan held")
     if guard:
         store.write_alert(guard[0], guard[1], portfolio)
-        return "held", None, store.write_reallocation(portfolio, when, "held", dict(extra or {}, reason=guard[1]))
-    window = cfg.get("window", 180)
-    prices = read_recent_prices(store, assets, when, 2 * window * 366 / (cfg.get("periods_per_year") or 252) + 30,  # a read span, with a margin
-                                lambda p: len(p) > window)
-    missing, max_fill = cfg.get("missing", "exclude"), cfg.get("max_fill")
-    fill = check_missing(missing, max_fill)
+        return "held", None, store.write_reallocation(portfolio, when, "held", dict(extra or {}, reason=guard[1], **used))
+    window = ps.window
+    prices = read_recent_prices(store, assets, when, 2 * window * 366 / (ps.periods_per_year or 252) + 30,  # a read span, with a margin
+                                lambda p: len(p) > window, ps.source)
+    fill = check_missing(ps.missing, ps.max_fill)
     filled = {}
     if fill:
         prices, filled = fill_gaps(prices, fill)
-    freq = resolve_frequency(prices.index, cfg.get("periods_per_year"))  # never a hidden 365: inferred and recorded
+    freq = resolve_frequency(prices.index, ps.periods_per_year)  # never a hidden 365: inferred and recorded
     ppy = freq.periods_per_year
-    r = estimation_window(simple_returns(prices), window, missing=missing)
-    alloc = target if target is not None else optimize(r, cfg.get("strategy", "min_variance"), periods_per_year=ppy,
-                                                       **cfg.get("strategy_params", {}))
+    used.update(periods_per_year=ppy, frequency=freq.to_dict())
+    r = estimation_window(simple_returns(prices), window, missing=ps.missing)
+    alloc = target if target is not None else optimize(r, ps.strategy, periods_per_year=ppy, **ps.strategy_params)
     alloc.diagnostics.update(frequency=freq.to_dict(), **({"filled": filled} if filled else {}))
     decision = plan_reallocation(holdings, alloc.weights, market, settings, as_of=when)
     decision.comparison = pd.DataFrame({name: {k: v for k, v in portfolio_stats(w.reindex(r.columns).fillna(0.0), r, ppy).items()
                                                if k != "risk_contributions"}
                                         for name, w in (("current", decision.positions["weight"]), ("target", alloc.weights))}).T
-    plan = {**decision.to_dict(), "strategy": alloc.strategy, "target": alloc.to_dict(), **(extra or {})}
+    plan = {**decision.to_dict(), **used, "strategy": alloc.strategy, "target": alloc.to_dict(), **(extra or {})}
     if execute == "paper" and decision.status == "planned":
         fills = paper_fills(decision)
         new_units = holdings.add(fills["units"], fill_value=0.0)
@@ -386,8 +409,8 @@ def paper_fills(decision: Reallocation) -> pd.DataFrame:
 # %% ../nbs/30_reallocate.ipynb #eaad8d7f
 DEMO = dict(portfolio="demo", holdings={"BTC": 2.0, "ETH": 30.0, "SOL": 1000.0, "USDC": 60_000.0}, as_of="2022-09-01",
             settings=dict(strategy="risk_parity", assets=["BTC", "ETH", "SOL", "USDC"], window=180, periods_per_year=365,
-                          reallocation=dict(band=[0.95, 1.05], fee_bps=10, min_trade_value=10, participation=0.1,
-                                            cash="USDC", max_price_age=2, drawdown_limit=None)))
+                          band=[0.95, 1.05], cash="USDC", stale_after_hours=48,
+                          reallocation=dict(fee_bps=10, min_trade_value=10, participation=0.1, drawdown_limit=None)))
 
 def ensure_demo_portfolio(store) -> None:
     "Create the `demo` portfolio (holdings at 2022-09-01, risk parity over BTC, ETH, SOL, USDC) on the bundled data if absent."

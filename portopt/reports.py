@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ConfigError, ReportError, get_settings
+from .config import ConfigError, ReportError, get_settings, redact
 from .store import Store, open_store
 
 # %% auto #0
@@ -42,16 +42,32 @@ def _run_folder(runs_dir: Path, name: str) -> Path:
     while folder.exists():
         n += 1
         folder = runs_dir / f"{stamp}-{name}-{n}"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, mode=0o700)   # a run's notebook may show holdings and plans: readable by its owner only
+    folder.chmod(0o700)
     return folder
+
+def _private(folder: Path) -> None:
+    "Make every file in a run folder readable and writable by its owner only (0600), whatever wrote it."
+    for p in folder.rglob("*"):
+        if p.is_file():
+            p.chmod(0o600)
+
+def _no_secrets(params: dict) -> None:
+    "Raise `ConfigError` for a parameter holding a secret (a URL's key or token, a value of `SECRET_ENV`): secrets go by environment."
+    for k, v in params.items():
+        if isinstance(v, str) and redact(v) != v:
+            raise ConfigError(f"report parameter {k!r} holds a secret ({redact(v)}); pass secrets by environment "
+                              "(PORTOPT_WEBHOOK, SOLANA_RPC_URL, ...), never as notebook parameters, which are stored and shown")
 
 def run_report(name: str = "portfolio", parameters: dict | None = None, *, store: Store | None = None,
                trigger: str = "manual", reports_dir: Path | None = None, runs_dir: Path | None = None,
-               kernel_name: str = "python3", progress: bool = False, kernel_manager=None) -> ReportRun:
+               kernel_name: str = "python3", progress: bool = False, kernel_manager=None,
+               run_id: str | None = None) -> ReportRun:
     """Execute `reports/<name>.ipynb` with `parameters` (papermill) and export it to HTML.
 
     `store`: where the run is recorded and the report reads (default: `open_store()`). `kernel_manager`: a
-    running jupyter_client kernel manager to execute in (the listener's warm kernel); default: a new kernel. Raises
+    running jupyter_client kernel manager to execute in (the listener's warm kernel); default: a new kernel. `run_id`:
+    a `runs` row already claimed for this run (the listener's unit of work); default: a new row. Raises
     `ConfigError` for an unknown report and `ReportError` when a cell fails; either way a failed run
     is recorded with its error, and the partial notebook and HTML stay in the run's folder."""
     import papermill as pm
@@ -64,8 +80,9 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
     store = store or open_store()
     try:
         folder = _run_folder(Path(runs_dir or settings.runs_dir), name)
-        params = dict(parameters or {}, store_path=str(store.path), output_dir=str(folder))
-        run_id = store.start_run(name, params, trigger)
+        params = dict({"recompute": True}, **(parameters or {}), store_path=str(store.path), output_dir=str(folder))
+        _no_secrets(params)
+        run_id = run_id or store.start_run(name, params, trigger)
         out, html = folder / f"{name}.ipynb", folder / f"{name}.html"
         try:
             pm.execute_notebook(str(source), str(out), parameters=dict(params, run_id=run_id), kernel_name=kernel_name,
@@ -75,10 +92,12 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
             if out.exists():
                 export_html(out, html)
             where = f" in cell {e.exec_count}" if getattr(e, "exec_count", None) else ""
-            error = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}".strip()
+            error = redact(f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}".strip())
+            _private(folder)
             store.finish_run(run_id, "failed", output_path=str(folder), error=error[:4000])
             raise ReportError(f"report {name} failed{where}: {error.splitlines()[0][:300]}; partial output in {folder}") from e
         export_html(out, html)
+        _private(folder)
         store.finish_run(run_id, "succeeded", output_path=str(folder))
         return ReportRun(run_id, folder, out, html)
     finally:

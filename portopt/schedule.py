@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, PortoptError
+from .config import ConfigError, PortoptError, redact
 from .store import Store, open_store
 
 log = logging.getLogger("portopt.schedule")
@@ -132,14 +132,14 @@ class Scheduler:
                         return run_report(job.report, job.parameters, store=store, trigger=trigger,
                                           reports_dir=self.reports_dir, runs_dir=self.runs_dir).run_id
                     except PortoptError as e:  # run_report has recorded the failed run
-                        log.error("job %s failed: %s", name, e)
+                        log.error("job %s failed: %s", name, redact(e))
                         return store.read_runs(1).iloc[0]["id"]
                 run_id = store.start_run(name, dict(job.parameters, call=str(job.call)), trigger=trigger)
                 try:
                     job.function()(store=store, **job.parameters)
                 except Exception as e:
-                    log.error("job %s failed: %s", name, e)
-                    store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:4000])
+                    log.error("job %s failed: %s", name, redact(e))
+                    store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
                 else:
                     store.finish_run(run_id, "succeeded")
                 return run_id

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .clean import LONG_COLUMNS, parse_timestamps, to_utc, to_wide, validate_long
-from .config import ConfigError, DataError, StoreError, get_settings
+from .config import ConfigError, DataError, StoreError, get_limits, get_settings
+from .portfolio import portfolio_settings_from
 from .data import dataset_info, load_dataset
 
 # %% auto #0
@@ -75,6 +76,12 @@ MIGRATIONS = [  # (version, SQL): append, never edit a released one
     # index on the data a backtest ran on, for the trial registry of `portopt.sweep`
     (2, """ALTER TABLE backtests ADD COLUMN detail TEXT;
 CREATE INDEX backtests_data_hash ON backtests (json_extract(config, '$.data_hash'))"""),
+    # 3: units of work (the listener's (event, portfolio) pairs): a run claims its unit with a lease, so a unit has
+    # one runs row, a killed worker's unit is reclaimed when its lease expires, and a failed unit can be retried
+    (3, """ALTER TABLE runs ADD COLUMN unit TEXT;
+ALTER TABLE runs ADD COLUMN lease_until TEXT;
+ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX runs_unit ON runs (unit)"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 TABLES = ("assets", "prices", "market_metrics", "portfolios", "holdings", "optimizations",
@@ -142,6 +149,15 @@ class Store(ABC):
     def write_prices(self, frame: pd.DataFrame, source: str) -> WriteResult:
         """Upsert a long price frame (validated with `validate_long`) under `source`, in one transaction
         with an `events` row (topic `prices`). Raises `DataError` before writing anything if a row is bad."""
+
+    def write_prices_many(self, batches) -> list[WriteResult]:
+        """Write several `(frame, source)` batches, as `write_prices` each, validating them all before writing any;
+        one `WriteResult` per batch. `SQLiteStore` writes them in one transaction; a store that cannot (Supabase:
+        one call per source) writes them in turn."""
+        from .clean import validate_long as _check
+        for frame, source in batches:  # every batch checked first: a bad one leaves the store as it was
+            _check(frame, f"prices from {source}")
+        return [self.write_prices(frame, source) for frame, source in batches]
 
     @abstractmethod
     def read_prices(self, assets=None, start=None, end=None, as_of=None, field: str = "close",
@@ -255,6 +271,26 @@ class Store(ABC):
         "Latest reallocations first; `plan` decoded to a dict."
 
     @abstractmethod
+    def delete_portfolio(self, portfolio: str) -> int:
+        """Delete a portfolio with everything it owns (holdings, optimizations, reallocations, alerts, and the
+        backtests whose config names it), in one transaction; returns the rows deleted. Raises `StoreError` for an
+        unknown portfolio."""
+
+    @abstractmethod
+    def claim_unit(self, unit: str, job: str, parameters: dict, trigger: str = "event", lease_seconds: float = 300.0,
+                   retry_failed: bool = False) -> str | None:
+        """Claim the unit of work `unit` (e.g. `rebalance:<event id>:<portfolio>`) and its `runs` row in one
+        transaction: a new unit gets a `running` row; a `running` unit whose lease (`lease_seconds`) has expired is
+        reclaimed (same row, `attempts` + 1); a `failed` unit only with `retry_failed`. Returns the run id, or `None`
+        when the unit is done or held by a live lease — a unit never has two rows."""
+
+    @abstractmethod
+    def read_units(self, status: str | None = None) -> pd.DataFrame:
+        """The runs that are units of work (`unit` set), oldest first; `status`: `running`, `failed`,
+        `succeeded` or `expired` (running with a lapsed lease). Columns of `read_runs` with `unit`, `lease_until`,
+        `attempts`."""
+
+    @abstractmethod
     def mark_events_consumed(self, ids) -> int:
         "Mark outbox rows consumed (a listener has handled them); returns how many changed."
 
@@ -305,6 +341,28 @@ def validate_units(units: pd.Series, where: str = "holdings") -> pd.Series:
         raise DataError(f"{where}: asset names must be unique and non-empty")
     return u.astype(float)
 
+# %% ../nbs/03_store.ipynb #3a9d4b9e
+def _holders(path: Path) -> list[int]:
+    "Ids of the other processes that have the SQLite file (or its WAL) open, read from /proc (Linux; empty elsewhere)."
+    import os
+    names, me, out = {str(path), f"{path}-wal", f"{path}-shm"}, os.getpid(), []
+    for d in Path("/proc").glob("[0-9]*"):
+        if int(d.name) == me:
+            continue
+        try:
+            if any(os.readlink(fd) in names for fd in (d / "fd").iterdir()):
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return sorted(out)
+
+def _locked(store) -> StoreError:
+    "The error for a write lock held by another process past the busy timeout (`PORTOPT_LOCK_TIMEOUT`)."
+    pids = _holders(Path(store.path).resolve())
+    who = f" (the store is open in pid {', '.join(map(str, pids))})" if pids else ""
+    return StoreError(f"store {store.path} is locked by another process{who}; try again "
+                      f"(waited {store.timeout:g} s; PORTOPT_LOCK_TIMEOUT sets the wait)")
+
 # %% ../nbs/03_store.ipynb #8f3b0172
 def _executemany_chunked(conn: sqlite3.Connection, sql: str, rows: list, chunk: int = 5000) -> None:
     "Run `sql` for every row, in chunks (the unit a crash can interrupt: the transaction around it decides)."
@@ -320,16 +378,58 @@ def _counted_upsert(conn: sqlite3.Connection, sql: str, rows: list, table: str, 
     inserted = conn.execute(count, (value,)).fetchone()[0] - before
     return WriteResult(inserted, changed - inserted, len(rows) - changed)
 
-_PRICE_UPSERT = """
-INSERT INTO prices (asset, ts, source, open, high, low, close, volume, market_cap, recorded_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+# Bulk price writes: many rows per statement (`INSERT ... SELECT ... FROM (VALUES ...)`), the source and the
+# recording time bound once per statement, parameters built column-wise with NumPy. Python's per-row
+# `executemany` cost about twice as much per row as this, on the same SQLite work (bench/import.py measures it).
+_PRICE_ROWS_PER_STATEMENT = 4000  # × 8 parameters, under SQLite's limit of 32,766
+_PRICE_BATCH = 200_000            # rows converted to Python objects at a time (bounds the memory of a large import)
+
+def _price_upsert_sql(n: int) -> str:
+    "The upsert of `n` price rows: parameters `source, recorded_at`, then 8 per row (asset, ts, OHLC, volume, market cap)."
+    values = ",".join(["(?,?,?,?,?,?,?,?)"] * n)
+    return f"""INSERT INTO prices (asset, ts, source, open, high, low, close, volume, market_cap, recorded_at)
+SELECT column1, column2, ?1, column3, column4, column5, column6, column7, column8, ?2 FROM (VALUES {values}) WHERE true
 ON CONFLICT (asset, ts, source) DO UPDATE SET
     open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
     volume = excluded.volume, market_cap = excluded.market_cap, recorded_at = excluded.recorded_at
 WHERE prices.open IS NOT excluded.open OR prices.high IS NOT excluded.high OR prices.low IS NOT excluded.low
    OR prices.close IS NOT excluded.close OR prices.volume IS NOT excluded.volume
-   OR prices.market_cap IS NOT excluded.market_cap
-"""
+   OR prices.market_cap IS NOT excluded.market_cap"""
+
+def _iso_seconds(ts: pd.Series) -> np.ndarray:
+    "UTC timestamps as stored text (`to_iso`), vectorized: an object array of `YYYY-MM-DDTHH:MM:SSZ`."
+    text = np.datetime_as_string(ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[s]"), unit="s")
+    return np.char.add(text, "Z").astype(object)
+
+def _price_parameters(long: pd.DataFrame) -> "Iterator[list]":
+    "The flat parameter lists of a validated long frame, `_PRICE_BATCH` rows at a time (NaN becomes NULL)."
+    for start in range(0, len(long), _PRICE_BATCH):
+        part = long.iloc[start:start + _PRICE_BATCH]
+        block = np.empty((len(part), 8), dtype=object)
+        block[:, 0] = part["asset"].astype(str).to_numpy(dtype=object)
+        block[:, 1] = _iso_seconds(part["timestamp"])
+        for j, col in enumerate(("open", "high", "low", "close", "volume", "market_cap"), start=2):
+            v = part[col].to_numpy(dtype=float)
+            block[:, j] = v
+            nan = np.isnan(v)
+            if nan.any():
+                block[nan, j] = None
+        yield block
+
+def _write_price_statement(conn: sqlite3.Connection, sql: str, params: list) -> None:
+    "Run one bulk upsert statement (the unit a crash can interrupt: the transaction around it decides)."
+    conn.execute(sql, params)
+
+def _upsert_prices(conn: sqlite3.Connection, long: pd.DataFrame, source: str, now: str) -> int:
+    "Upsert a validated long frame's prices under `source`; returns the number of rows changed (inserted or updated)."
+    changes0, full = conn.total_changes, _price_upsert_sql(_PRICE_ROWS_PER_STATEMENT)
+    k = _PRICE_ROWS_PER_STATEMENT
+    for block in _price_parameters(long):
+        for i in range(0, len(block), k):
+            rows = block[i:i + k]
+            _write_price_statement(conn, full if len(rows) == k else _price_upsert_sql(len(rows)),
+                                   [source, now, *rows.ravel().tolist()])
+    return conn.total_changes - changes0
 
 class SQLiteStore(Store):
     """The embedded store: one SQLite file in WAL mode.
@@ -337,15 +437,21 @@ class SQLiteStore(Store):
     `path`: the file (default: `get_settings().store_path`); its folder is created. Raises
     `StoreError` when the file is not a SQLite database or its schema is newer than this code."""
 
-    def __init__(self, path=None, timeout: float = 30.0):
+    def __init__(self, path=None, timeout: float | None = None):
         self.path = Path(path) if path is not None else get_settings().store_path
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = get_limits().lock_timeout if timeout is None else timeout   # PORTOPT_LOCK_TIMEOUT
         try:
-            self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            self.conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.migrate()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise _locked(self) from None
+            raise StoreError(f"{self.path}: cannot open as a portopt store ({e}); "
+                             "point PORTOPT_STORE at another file or remove this one") from e
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open as a portopt store ({e}); "
                              "point PORTOPT_STORE at another file or remove this one") from e
@@ -386,7 +492,12 @@ class SQLiteStore(Store):
 
         class _Tx:
             def __enter__(self):
-                store.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    store.conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as e:
+                    if "locked" in str(e) or "busy" in str(e):
+                        raise _locked(store) from None
+                    raise
                 return store.conn
 
             def __exit__(self, kind, exc, tb):
@@ -402,19 +513,32 @@ class SQLiteStore(Store):
     def write_prices(self, frame, source):
         if not source or not isinstance(source, str):
             raise ConfigError("write_prices needs a source name, e.g. 'coingecko' or 'file:prices.csv'")
-        long = validate_long(frame, f"prices from {source}")
-        now = utc_now()
-        rows = [(a, to_iso(t), source, _num(o), _num(h), _num(l), float(c), _num(v), _num(m), now)
-                for t, a, o, h, l, c, v, m in long[list(LONG_COLUMNS)].itertuples(index=False)]
+        return self.write_prices_many([(frame, source)])[0]
+
+    def write_prices_many(self, batches):
+        checked = []
+        for frame, source in batches:
+            if not source or not isinstance(source, str):
+                raise ConfigError("write_prices needs a source name, e.g. 'coingecko' or 'file:prices.csv'")
+            checked.append((validate_long(frame, f"prices from {source}"), source))
+        now, results = utc_now(), []
         with self._transaction() as conn:
-            conn.executemany("INSERT INTO assets (asset, updated_at) VALUES (?, ?) ON CONFLICT (asset) DO NOTHING",
-                             [(a, now) for a in long["asset"].unique()])
-            result = _counted_upsert(conn, _PRICE_UPSERT, rows, "prices", "source", source)
-            if result.changed:
-                self._event(conn, "prices", dict(source=source, assets=sorted(long["asset"].unique()),
-                                                 start=to_iso(long["timestamp"].min()), end=to_iso(long["timestamp"].max()),
-                                                 inserted=result.inserted, updated=result.updated))
-        return result
+            conn.execute("PRAGMA cache_size = -262144")  # 256 MB of page cache: the (ts, asset) index is written out of order
+            for long, source in checked:
+                assets = sorted(long["asset"].unique())
+                conn.executemany("INSERT INTO assets (asset, updated_at) VALUES (?, ?) ON CONFLICT (asset) DO NOTHING",
+                                 [(a, now) for a in assets])
+                count = "SELECT count(*) FROM prices WHERE source = ?"
+                before = conn.execute(count, (source,)).fetchone()[0]
+                changed = _upsert_prices(conn, long, source, now)
+                inserted = conn.execute(count, (source,)).fetchone()[0] - before
+                result = WriteResult(inserted, changed - inserted, len(long) - changed)
+                if result.changed:
+                    self._event(conn, "prices", dict(source=source, assets=assets,
+                                                     start=to_iso(long["timestamp"].min()), end=to_iso(long["timestamp"].max()),
+                                                     inserted=result.inserted, updated=result.updated))
+                results.append(result)
+        return results
 
     def read_prices(self, assets=None, start=None, end=None, as_of=None, field="close", source=None):
         if field not in LONG_COLUMNS[2:]:
@@ -544,6 +668,7 @@ class SQLiteStore(Store):
     def upsert_portfolio(self, portfolio, owner=None, quote="USD", wallet=None, settings=None):
         if not portfolio or not str(portfolio).strip():
             raise ConfigError("a portfolio needs a name")
+        portfolio_settings_from(settings, portfolio)  # refused before anything is written
         with self._transaction() as conn:
             conn.execute("""INSERT INTO portfolios (portfolio, owner, quote, wallet, settings, created_at)
                             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (portfolio) DO UPDATE SET owner = excluded.owner,
@@ -649,6 +774,42 @@ class SQLiteStore(Store):
                                 params=[topic] if topic else [])
         out["payload"] = out["payload"].map(json.loads)
         return out
+
+    # -- units of work, deleting a portfolio -----------------------------------------------
+    def claim_unit(self, unit, job, parameters, trigger="event", lease_seconds=300.0, retry_failed=False):
+        now = utc_now()
+        lease = (pd.Timestamp(now) + pd.Timedelta(seconds=float(lease_seconds))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        with self._transaction() as conn:  # BEGIN IMMEDIATE: one writer claims at a time
+            row = conn.execute("""INSERT INTO runs (id, job, trigger, parameters, status, started_at, unit, lease_until, attempts)
+                                  VALUES (?, ?, ?, ?, 'running', ?, ?, ?, 1)
+                                  ON CONFLICT (unit) DO UPDATE SET status = 'running', started_at = excluded.started_at,
+                                      finished_at = NULL, error = NULL, lease_until = excluded.lease_until,
+                                      attempts = runs.attempts + 1
+                                  WHERE (runs.status = 'failed' AND ?) OR (runs.status = 'running' AND runs.lease_until < ?)
+                                  RETURNING id""",
+                               (content_id("run", job, unit), job, trigger, to_json(parameters), now, unit, lease,
+                                bool(retry_failed), now)).fetchone()
+        return None if row is None else row[0]
+
+    def read_units(self, status=None):
+        where, args = ["unit IS NOT NULL"], []
+        if status == "expired":
+            where.append("status = 'running' AND lease_until < ?"); args.append(utc_now())
+        elif status is not None:
+            where.append("status = ?"); args.append(status)
+        out = pd.read_sql_query(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY started_at, id", self.conn, params=args)
+        out["parameters"] = out["parameters"].map(json.loads)
+        return out
+
+    def delete_portfolio(self, portfolio):
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM portfolios WHERE portfolio = ?", (portfolio,)).fetchone() is None:
+                raise StoreError(f"no portfolio {portfolio!r} in {self.path}")
+            n = sum(conn.execute(f"DELETE FROM {t} WHERE portfolio = ?", (portfolio,)).rowcount
+                    for t in ("holdings", "optimizations", "reallocations", "alerts"))
+            n += conn.execute("DELETE FROM backtests WHERE json_extract(config, '$.portfolio') = ?", (portfolio,)).rowcount
+            return n + conn.execute("DELETE FROM portfolios WHERE portfolio = ?", (portfolio,)).rowcount
+
 
 # %% ../nbs/03_store.ipynb #4e841e9e
 def open_store(path=None) -> Store:

@@ -17,6 +17,7 @@ from postgrest.types import ReturnMethod
 
 from .clean import LONG_COLUMNS, to_wide, validate_long
 from .config import ConfigError, StoreError
+from .portfolio import portfolio_settings_from
 from .store import (Store, WriteResult, content_id, to_iso, to_json, utc_now, validate_metrics, validate_units)
 
 # %% auto #0
@@ -46,6 +47,7 @@ def _iso(x, micro: bool = False):
 def _num(x):
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
+_RUN_COLUMNS = ["id", "job", "trigger", "parameters", "status", "started_at", "finished_at", "output_path", "error"]
 _BACKTEST_COLUMNS = ("id", "strategy", "config", "metrics", "returns", "run_id", "created_at")  # `detail`: read_backtest only
 
 def _returns_series(d: dict) -> pd.Series:
@@ -236,8 +238,28 @@ class SupabaseStore(Store):
 
     def read_runs(self, limit=50):
         rows = self._exec(self._table("runs").select("*").order("started_at", desc=True).limit(limit), "runs")
-        return _frame(rows, ["id", "job", "trigger", "parameters", "status", "started_at", "finished_at", "output_path", "error"],
-                      micro=("started_at", "finished_at"))
+        return _frame(rows, _RUN_COLUMNS, micro=("started_at", "finished_at"))
+
+    def claim_unit(self, unit, job, parameters, trigger="event", lease_seconds=300.0, retry_failed=False):
+        r = self._rpc("claim_unit", {"p_unit": unit, "p_id": content_id("run", job, unit), "p_job": job, "p_trigger": trigger,
+                                     "p_parameters": json.loads(to_json(parameters)), "p_lease_seconds": float(lease_seconds),
+                                     "p_retry_failed": bool(retry_failed)})
+        return r or None
+
+    def read_units(self, status=None):
+        def make():
+            q = self._table("runs").select("*").not_.is_("unit", "null").order("started_at").order("id")
+            if status == "expired":
+                q = q.eq("status", "running").lt("lease_until", utc_now())
+            elif status is not None:
+                q = q.eq("status", status)
+            return q
+        return _frame(self._pages(make, "runs"), _RUN_COLUMNS + ["unit", "lease_until", "attempts"],
+                      micro=("started_at", "finished_at", "lease_until"))
+
+    def delete_portfolio(self, portfolio):
+        return int(self._exec(self.client.rpc("delete_portfolio", {"p_portfolio": portfolio}), "delete_portfolio()",
+                              {"P0002": f"no portfolio {portfolio!r} in {self.url}"}))
 
     def read_events(self, topic=None, pending_only=False):
         def make():
@@ -291,6 +313,7 @@ class SupabaseStore(Store):
     def upsert_portfolio(self, portfolio, owner=None, quote="USD", wallet=None, settings=None):
         if not portfolio or not str(portfolio).strip():
             raise ConfigError("a portfolio needs a name")
+        portfolio_settings_from(settings, portfolio)  # refused here; the database's trigger refuses it too (REST writers)
         row = dict(portfolio=portfolio, quote=quote, wallet=wallet, settings=json.loads(to_json(settings or {})))
         if owner is not None:  # else the database default: the signed-in user (auth.uid())
             row["owner"] = str(owner)

@@ -24,8 +24,8 @@ def store_path(tmp_path):
 @pytest.fixture
 def cli(tmp_path, store_path):
     "Run the installed `portopt` command against a temporary store; returns the CompletedProcess."
-    def run(*args, check=True, timeout=900):
-        env = dict(os.environ, PORTOPT_STORE=str(store_path), PORTOPT_RUNS=str(tmp_path / "runs"))
+    def run(*args, check=True, timeout=900, env=None):
+        env = dict(os.environ, PORTOPT_STORE=str(store_path), PORTOPT_RUNS=str(tmp_path / "runs"), **(env or {}))
         proc = subprocess.run([str(PORTOPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"portopt {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
@@ -77,27 +77,95 @@ class Stack:
                           self.settings["SUPABASE_JWT_SECRET"], algorithm="HS256")
 
 
+def free_port_block(n: int = 3) -> int:
+    "A port p with p, p+1, ..., p+n-1 all free on 127.0.0.1 (the stack's API, PostgreSQL and PostgREST ports)."
+    import socket
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p + n >= 65536:
+            continue
+        free = True
+        for q in range(p, p + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", q))
+                except OSError:
+                    free = False
+                    break
+        if free:
+            return p
+    raise RuntimeError("no block of free ports on 127.0.0.1")
+
+
+def reap_stale_stacks(root: Path) -> list[Path]:
+    """Stop and remove the stacks left by test sessions that died (killed, crashed): each test stack's folder holds
+    `session.pid`, the pid of its pytest process; a folder whose process is gone is stale. Returns the folders reaped."""
+    reaped = []
+    for folder in root.glob("portopt-stack-*"):
+        try:
+            pid = int((folder / "session.pid").read_text())
+            os.kill(pid, 0)
+            continue   # its session is alive: not ours to stop
+        except ProcessLookupError:
+            pass
+        except (FileNotFoundError, ValueError, PermissionError):
+            continue   # not a stack of this conftest, or not ours
+        env = dict(os.environ, PORTOPT_STACK_DIR=str(folder / "state"))
+        subprocess.run([sys.executable, str(STACK), "down"], env=env, capture_output=True, timeout=120)
+        import shutil
+        shutil.rmtree(folder, ignore_errors=True)
+        reaped.append(folder)
+    return reaped
+
+
 @pytest.fixture(scope="session")
 def supabase_stack():
-    """The local stack, started once per session with `supabase/local/stack.py up`. Skips when it cannot start
+    """The local stack, started once per session with `supabase/local/stack.py up`, in a fresh folder and on free ports
+    (PORTOPT_TEST_STACK_PORT fixes the API port instead), so that two test sessions run side by side. Stopped by the
+    fixture's finalizer, and by atexit and SIGTERM/SIGHUP handlers when the session ends otherwise; a session killed
+    with SIGKILL leaves its folder, which the next session reaps (`reap_stale_stacks`). Skips when it cannot start
     (no PostgreSQL, nginx or PostgREST here), unless PORTOPT_REQUIRE_STACK=1: then the test fails."""
-    port = int(os.environ.get("PORTOPT_TEST_STACK_PORT", "55421"))
+    import atexit
     import shutil
+    import signal
     import tempfile
-    state = Path(tempfile.mkdtemp(prefix="portopt-stack-"))  # under /tmp: reachable by the stack's unprivileged user
-    stack = Stack(state, port)
+    reap_stale_stacks(Path(tempfile.gettempdir()))
+    port = int(os.environ.get("PORTOPT_TEST_STACK_PORT") or free_port_block())
+    folder = Path(tempfile.mkdtemp(prefix="portopt-stack-"))  # under /tmp: reachable by the stack's unprivileged user
+    folder.chmod(0o755)
+    (folder / "session.pid").write_text(str(os.getpid()))
+    stack = Stack(folder / "state", port)
+    stopped = []
+
+    def stop(*_):
+        if not stopped:
+            stopped.append(True)
+            stack.cmd("down", check=False)
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def on_signal(signum, frame):
+        stop()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    atexit.register(stop)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         stack.up()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as e:
         reason = f"the local Supabase stack did not start ({getattr(e, 'stderr', '') or e}); run `make supabase-up` to see why"
-        stack.cmd("down", check=False)
-        shutil.rmtree(state, ignore_errors=True)
+        stop()
         if REQUIRE_STACK:
             pytest.fail(reason)
         pytest.skip(reason)
-    yield stack
-    stack.cmd("down", check=False)
-    shutil.rmtree(state, ignore_errors=True)
+    try:
+        yield stack
+    finally:
+        stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @pytest.fixture(params=["sqlite", "supabase"])

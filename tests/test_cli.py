@@ -110,10 +110,10 @@ def test_backtest_reports_intervals_and_deflates_by_the_trials_recorded_on_the_d
 def test_a_bad_backtest_configuration_fails_before_anything_is_recorded(cli, store_path):
     proc = cli("backtest", "--dataset", "coingecko-daily", "--assets", "BTC,ETH", "--strategy", "hrp,no_such_strategy",
                "--window", "90", "--store", store_path, check=False)
-    assert proc.returncode == 1 and "unknown strategy 'no_such_strategy'" in proc.stderr
+    assert proc.returncode == 2 and "--strategy 'no_such_strategy': choose one of" in proc.stderr
     proc = cli("backtest", "--dataset", "coingecko-daily", "--assets", "BTC,ETH", "--rebalance-every", "0",
                "--store", store_path, check=False)
-    assert proc.returncode == 1 and "rebalance period" in proc.stderr
+    assert proc.returncode == 2 and "rebalance" in proc.stderr
     with SQLiteStore(store_path) as st:
         assert st.read_backtests(limit=None).empty
 

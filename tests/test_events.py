@@ -66,7 +66,7 @@ def test_new_prices_run_the_notebook_and_store_weights_and_a_reallocation(store,
     assert realloc.loc[0, "plan"]["optimization_id"] == opt.loc[0, "id"]
     run = store.read_runs().set_index("id").loc[outcome.runs[0]]
     assert (run["job"], run["trigger"], run["status"]) == ("rebalance", "event", "succeeded")
-    executed = env.glob("*-rebalance/rebalance.ipynb")
+    executed = env.glob("*-rebalance*/rebalance.ipynb")
     nb = json.loads(next(executed).read_text())
     assert any("fund" in "".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert store.read_events("prices", pending_only=True).empty
@@ -230,7 +230,184 @@ def test_papermill_runs_share_one_warm_kernel_and_a_dead_one_is_replaced(store, 
         run_sync(listener.kernel.km.shutdown_kernel)(now=True)  # the kernel dies between runs
         new_day(store, 3)
         [third] = [o for o in listener.handle_pending() if o.topic == "prices"]
-        assert third.status == "handled" and listener.kernel.starts == 2
+        assert third.status == "handled" and listener.kernel.starts == 2, third
     finally:
         listener.close()
-    assert len(list(env.glob("*-rebalance/rebalance.ipynb"))) == 3 and len(store.read_reallocations("fund")) == 3
+    assert len(list(env.glob("*-rebalance*/rebalance.ipynb"))) == 3 and len(store.read_reallocations("fund")) == 3
+
+
+# -- faults: one portfolio never stops another, exactly one run per (event, portfolio) (issue 14, items 1 and 4) ------
+
+import os
+import signal
+import subprocess
+import sys
+
+PORTOPT = os.path.join(os.path.dirname(sys.executable), "portopt")
+
+
+def setup_many(store, n=20, owners=1):
+    "Prices for 120 days and `n` portfolios p00.. holding SOL and USDC (owners o0.., round robin); a clean queue."
+    store.write_prices(prices(DAYS), "test")
+    for i in range(n):
+        store.upsert_portfolio(f"p{i:02d}", owner=f"o{i % owners}",
+                               settings={"assets": ["SOL", "USDC"], "strategy": "min_variance", "window": 30})
+        store.write_holdings(f"p{i:02d}", pd.Series({"SOL": 10.0 + i, "USDC": 100.0}), DAYS[0])
+    store.mark_events_consumed(store.read_events(pending_only=True)["id"].tolist())
+
+
+def unit_rows(store):
+    "The listener's units: one row per (event, portfolio), with its status."
+    u = store.read_units()
+    return u.assign(event=u["parameters"].map(lambda p: p["event_id"]), portfolio=u["parameters"].map(lambda p: p["portfolio"]))
+
+
+def test_a_bad_portfolio_beside_20_good_ones_fails_alone_with_its_reason(store, env):
+    setup_many(store, 20)
+    # settings the model accepts but the optimizer refuses, and (SQLite) settings written around the store's check
+    store.upsert_portfolio("0-evil", settings={"assets": ["SOL", "USDC"], "strategy": "no_such_strategy", "window": 30})
+    store.write_holdings("0-evil", pd.Series({"SOL": 1.0, "USDC": 1.0}), DAYS[0])
+    if not hasattr(store, "client"):
+        store.conn.execute("INSERT INTO portfolios (portfolio, settings, created_at) VALUES "
+                           "('0-zero', '{\"assets\": [\"SOL\"], \"periods_per_year\": 0}', '2024-01-01T00:00:00Z')")
+    store.mark_events_consumed(store.read_events(pending_only=True)["id"].tolist())
+    new_day(store, 1)
+    listener = Listener(store, papermill=False, backoff=0.01)
+    [o] = [o for o in listener.handle_pending() if o.topic == "prices"]
+    listener.close()
+    bad = {"0-evil"} | (set() if hasattr(store, "client") else {"0-zero"})
+    assert o.status == "handled" and {u.portfolio for u in o.failed_units} == bad
+    assert sum(u.status == "succeeded" for u in o.units) == 20
+    assert all(u.attempts == 1 for u in o.failed_units)  # bad settings are not retried
+    rows = unit_rows(store).set_index("portfolio")
+    assert (rows.loc[[f"p{i:02d}" for i in range(20)], "status"] == "succeeded").all()
+    assert "unknown strategy" in rows.loc["0-evil", "error"] or "no_such_strategy" in rows.loc["0-evil", "error"]
+    if "0-zero" in bad:
+        assert "periods_per_year: Input should be greater than 0" in rows.loc["0-zero", "error"]
+    assert len(store.read_reallocations()) == 20 and store.read_events("prices", pending_only=True).empty
+    # --retry-failed runs the failed units again, on their own rows: still failing, still one row each
+    again = Listener(store, papermill=False, backoff=0.01)
+    retried = again.recover(retry_failed=True)
+    again.close()
+    assert {u.portfolio for u in retried} == bad and all(u.status == "failed" for u in retried)
+    rows = unit_rows(store)
+    assert len(rows) == 20 + len(bad) and not rows.duplicated(["event", "portfolio"]).any()
+    assert (rows.set_index("portfolio").loc[sorted(bad), "attempts"] == 2).all()
+
+
+def test_bad_settings_through_rest_are_refused_by_the_database(supabase_stack):
+    from postgrest.exceptions import APIError
+    from portopt.supabase import SupabaseStore
+    supabase_stack.reset()
+    st = SupabaseStore(supabase_stack.settings["SUPABASE_URL"], supabase_stack.settings["SUPABASE_SERVICE_ROLE_KEY"])
+    for settings, words in (({"assets": ["BTC"], "periods_per_year": 0}, "periods_per_year: must be a whole number > 0"),
+                            ({"window": 2.5}, "window: must be a whole number"), ({"band": [1.0, 1.1]}, "band: use (low, high)"),
+                            ({"bogus": 1}, "bogus: unknown setting"), ({"reallocation": {"participation": 2}}, "reallocation.participation: must be a fraction")):
+        with pytest.raises(APIError) as e:
+            st.client.table("portfolios").insert({"portfolio": "0-evil", "owner": "u", "settings": settings}).execute()
+        assert f"portfolio '0-evil' settings: {words}" in e.value.message, e.value.message
+    assert st.read_portfolios().empty
+    # the per-owner limit: 50 portfolios, the 51st is refused
+    st.client.table("portfolios").insert([{"portfolio": f"q{i}", "owner": "u", "settings": {}} for i in range(50)]).execute()
+    with pytest.raises(APIError, match="already has 50 portfolios"):
+        st.client.table("portfolios").insert({"portfolio": "q50", "owner": "u", "settings": {}}).execute()
+    st.close()
+
+
+def _listen(store, *args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    if not hasattr(store, "client"):
+        env["PORTOPT_STORE"] = str(store.path)
+    return subprocess.Popen([PORTOPT, "listen", "--direct", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for(pred, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_kill_9_mid_event_leaves_exactly_one_completed_run_per_portfolio(store, env):
+    setup_many(store, 20)
+    new_day(store, 1)
+    first = _listen(store, "--lease", "2", "--poll", "0.2")
+    try:
+        assert _wait_for(lambda: (unit_rows(store)["status"] == "succeeded").sum() >= 5 if len(store.read_units()) else False)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    rows = unit_rows(store)
+    assert 5 <= (rows["status"] == "succeeded").sum() < 20  # killed mid-event
+    time.sleep(2.5)  # the killed listener's lease expires
+    second = _listen(store, "--once", "--lease", "30")
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err
+    rows = unit_rows(store)
+    assert len(rows) == 20 and not rows.duplicated(["event", "portfolio"]).any()
+    assert (rows["status"] == "succeeded").all() and store.read_events("prices", pending_only=True).empty
+    assert len(store.read_reallocations()) == 20
+
+
+def test_two_sqlite_listeners_never_handle_a_batch_twice(tmp_path, monkeypatch):
+    from portopt.store import SQLiteStore
+    st = SQLiteStore(tmp_path / "s.sqlite")
+    setup_many(st, 4)
+    for k in range(1, 6):
+        new_day(st, k)  # 5 batches, each touching the 4 portfolios
+    a, b = _listen(st, "--once"), _listen(st, "--once")
+    outs = [p.communicate(timeout=600) for p in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, outs
+    rows = unit_rows(st)
+    assert len(rows) == 20 and not rows.duplicated(["event", "portfolio"]).any() and (rows["status"] == "succeeded").all()
+    assert (rows["attempts"] == 1).all()  # no unit was run twice
+    done = [int(o.split("portfolios: ")[1].split(" rebalanced")[0]) for o, _ in outs]
+    assert sum(done) == 20, outs
+    st.close()
+
+
+def test_a_database_restart_mid_event_leaves_exactly_one_completed_run_per_portfolio(supabase_stack, monkeypatch, tmp_path):
+    from portopt.supabase import SupabaseStore
+    supabase_stack.reset()
+    for k, v in supabase_stack.env_vars().items():
+        monkeypatch.setenv(k, v)
+    store = SupabaseStore()
+    setup_many(store, 21)
+    listener = Listener(store, papermill=False, poll_interval=0.2, backoff=0.5, attempts=6, lease=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: listener.run(stop))
+    thread.start()
+    try:
+        new_day(store, 1)
+        assert _wait_for(lambda: sum(u.status == "succeeded" for u in listener.units) >= 5)
+        supabase_stack.cmd("restart-db")
+        assert sum(u.status == "succeeded" for u in listener.units) < 21  # the restart came mid-event
+        assert _wait_for(lambda: len(store.read_units()) == 21 and (store.read_units()["status"] == "succeeded").all(), 180)
+    finally:
+        stop.set()
+        thread.join(60)
+        listener.close()
+    rows = unit_rows(store)
+    assert len(rows) == 21 and not rows.duplicated(["event", "portfolio"]).any() and (rows["status"] == "succeeded").all()
+    assert store.read_events("prices", pending_only=True).empty
+    store.close()
+
+
+def test_a_spent_event_budget_fails_the_portfolios_left_and_retry_failed_runs_them(tmp_path):
+    from portopt.store import SQLiteStore
+    with SQLiteStore(tmp_path / "s.sqlite") as st:
+        setup_many(st, 3)
+        new_day(st, 1)
+        listener = Listener(st, papermill=False, event_budget=1e-9)  # spent before the first portfolio
+        [o] = [o for o in listener.handle_pending() if o.topic == "prices"]
+        assert [u.status for u in o.units] == ["failed"] * 3
+        assert all(u.error.startswith("BudgetExceeded: the per-event budget of 1e-09 s was spent") for u in o.units)
+        assert st.read_reallocations().empty
+        retried = listener.recover(retry_failed=True)
+        listener.close()
+        assert [u.status for u in retried] == ["succeeded"] * 3 and len(st.read_reallocations()) == 3
+        rows = unit_rows(st)
+        assert len(rows) == 3 and (rows["status"] == "succeeded").all() and (rows["attempts"] == 2).all()

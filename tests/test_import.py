@@ -17,7 +17,8 @@ SOL, USDC, STOCKS = FIXTURES / "sol-usd-max.csv", FIXTURES / "usdc-usd-max.csv",
 
 def test_import_coingecko_file_matches_bundled_data_and_reimport_changes_nothing(cli, store_path):
     out = cli("import", SOL).stdout
-    assert "coingecko layout, 887 prices of 1 asset(s) (2020-04-11 to 2022-09-14); 887 new, 0 updated, 0 unchanged" in out
+    assert "coingecko layout, 887 prices of 1 asset(s) (SOL; 2020-04-11 to 2022-09-14); source 'coingecko'" in out
+    assert "source 'coingecko': 887 new, 0 updated, 0 unchanged" in out
     before = dump(store_path)
     again = cli("import", SOL).stdout
     assert "0 new, 0 updated, 887 unchanged" in again
@@ -60,10 +61,10 @@ def _variant(tmp_path, name, edit):
 
 BAD = {
     "negative.csv": (lambda l: l[:5] + [l[5].replace(",", ",-", 1)] + l[6:], "non-positive close price -"),
-    "dupdate.csv": (lambda l: l[:10] + [l[9]] + l[10:], "duplicated timestamp for asset SOL"),
+    "dupdate.csv": (lambda l: l[:10] + [l[9].split(",")[0] + ",1.2345,1,1"] + l[10:],
+                    "row 10 and row 11: two different close values for SOL at"),
     "layout.csv": (lambda l: ["when,value,cap,vol"] + l[1:], "unknown column layout"),
-    "text.csv": (lambda l: l[:7] + [l[7].split(",")[0] + ",$0.95,1,1"] + l[8:], "non-numeric close '$0.95'"),
-    "unsorted.csv": (lambda l: [l[0], l[2], l[1]] + l[3:], "unsorted timestamps"),
+    "text.csv": (lambda l: l[:7] + [l[7].split(",")[0] + ",$0.95,1,1"] + l[8:], "close of SOL is '$0.95', not a number"),
     "zones.csv": (lambda l: [l[0], l[1].replace(" UTC", "+02:00")] + l[2:], "mixed time zones"),
 }
 
@@ -90,11 +91,15 @@ def test_import_killed_half_way_leaves_the_store_as_before(cli, store_path, tmp_
         import portopt.store as store
         from portopt.data import read_price_file
 
-        def dying(conn, sql, rows, chunk=5000):
-            conn.executemany(sql, rows[:20000])          # the first 20,000 rows are written ...
-            os.kill(os.getpid(), signal.SIGKILL)          # ... then the process dies inside the transaction
+        written = []
 
-        store._executemany_chunked = dying
+        def dying(conn, sql, params):
+            conn.execute(sql, params)                     # statements of 4,000 rows are written ...
+            written.append(1)
+            if len(written) == 5:                         # ... 20,000 rows, then the process dies inside the transaction
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        store._write_price_statement = dying
         frame, _ = read_price_file({str(STOCKS)!r})
         assert len(frame) > 20000
         store.SQLiteStore({str(store_path)!r}).write_prices(frame, "file:tests_stock_prices.csv")
@@ -108,4 +113,11 @@ def test_import_killed_half_way_leaves_the_store_as_before(cli, store_path, tmp_
 
 def test_coingecko_asset_option_is_refused_for_a_wide_file(cli):
     proc = cli("import", STOCKS, "--asset", "X", check=False)
-    assert proc.returncode == 1 and "--asset is only for a CoinGecko file" in proc.stderr
+    assert proc.returncode == 1 and "--asset is only for a one-asset file; this wide file names its assets" in proc.stderr
+
+
+def test_unsorted_rows_are_sorted_with_a_note(tmp_path):
+    from portopt.data import import_file
+    f = import_file(_variant(tmp_path, "sol-unsorted.csv", lambda l: [l[0], l[2], l[1]] + l[3:]))
+    assert f.frame["timestamp"].is_monotonic_increasing and len(f.frame) == 887
+    assert "rows sorted by asset and time" in f.notes

@@ -129,3 +129,113 @@ def test_reallocate_command_on_the_demo(cli, store_path):
     assert js["status"] == "planned" and abs(sum(p["weight"] for p in js["plan"]["after"]) - 1) < 1e-9
     bad = cli("reallocate", "nobody", check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: no portfolio 'nobody'")
+
+
+# -- a user's own portfolio, from the command line only (issue 12, item 5) --------------------------------------------
+
+def test_a_portfolio_created_from_the_cli_is_reallocated_and_the_listener_uses_the_same_window(cli, store_path, tmp_path):
+    from portopt.events import Listener
+    from portopt.store import ensure_dataset
+    with SQLiteStore(store_path) as st:
+        ensure_dataset(st)  # the bundled prices, to 2022-09-14
+    cli("portfolio", "create", "treasury", "--strategy", "min_variance", "--window", "60", "--band", "0.9,1.1",
+        "--assets", "BTC,ETH,USDC")
+    held = tmp_path / "holdings.csv"
+    held.write_text("asset,units\nBTC,0.5\nETH,4\nUSDC,2000\n")
+    cli("portfolio", "holdings", "treasury", held, "--at", "2022-09-01")
+    shown = json.loads(cli("portfolio", "show", "treasury", "--json").stdout)
+    assert shown["holdings"] == {"BTC": 0.5, "ETH": 4.0, "USDC": 2000.0}
+    assert (shown["settings"]["window"], shown["settings"]["periods_per_year"], shown["settings"]["band"]) == (60, None, [0.9, 1.1])
+    js = json.loads(cli("reallocate", "treasury", "--as-of", "2022-09-10", "--json").stdout)
+    plan = js["plan"]
+    # min variance over BTC, ETH and a stablecoin is almost all USDC: BTC and ETH (91 % of the value) are sold
+    assert js["status"] == "planned" and plan["window"] == 60 and plan["periods_per_year"] == 365
+    assert plan["target"]["weights"]["USDC"] > 0.9 and {t["asset"]: t["side"] for t in plan["trades"]} == {"BTC": "sell", "ETH": "sell"}
+    # the listener rebalances the same portfolio on a new holdings snapshot with the same window and periods a year
+    cli("portfolio", "holdings", "treasury", "--set", "BTC=0.5", "--set", "ETH=4", "--set", "USDC=2500", "--at", "2022-09-10")
+    with SQLiteStore(store_path) as st:
+        listener = Listener(st, papermill=False)
+        out = [o for o in listener.handle_pending() if o.topic == "holdings"]
+        listener.close()
+        assert [u.status for o in out for u in o.units] == ["succeeded", "succeeded"]  # the two snapshots' events
+        listened = st.read_reallocations("treasury").iloc[0]["plan"]
+        opt = st.read_optimizations().iloc[0]
+    assert listened["window"] == plan["window"] == opt["params"]["window"] == 60
+    assert listened["periods_per_year"] == opt["params"]["periods_per_year"] == 365
+    listing = json.loads(cli("portfolio", "list", "--json").stdout)
+    assert [p["portfolio"] for p in listing] == ["treasury"] and listing[0]["last_decision"]["status"] == "planned"
+    gone = json.loads(cli("portfolio", "delete", "treasury", "--json").stdout)
+    assert gone["deleted_rows"] > 1
+    with SQLiteStore(store_path) as st:  # nothing the portfolio owned survives it: a later one of that name sees nothing
+        assert st.read_reallocations("treasury").empty and st.read_holdings("treasury").empty
+        assert (st.read_optimizations()["portfolio"] != "treasury").all()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("create", "p", "--strategy", "min_variance", "--periods-per-year", "0"), "periods_per_year: Input should be greater than 0"),
+    (("create", "p", "--strategy", "min_variance", "--window", "1"), "window: Input should be greater than or equal to 2"),
+    (("create", "p", "--strategy", "min_variance", "--band", "1.0,1.05"), "0 < low < 1 < high"),
+    (("create", "p", "--strategy", "min_variance", "--band", "0.9"), "give two numbers"),
+    (("create", "p", "--strategy", "nope"), "--strategy 'nope': unknown"),
+    (("create", "p", "--strategy", "hrp", "--assets", "BTC,BTC"), "listed more than once"),
+    (("holdings", "ghost", "--set", "SOL=1"), "no portfolio 'ghost'"),
+    (("holdings", "demo2", "--set", "SOL=1"), "no portfolio 'demo2'"),
+    (("delete", "ghost"), "no portfolio 'ghost'"),
+])
+def test_bad_portfolio_commands_get_one_error_line_and_write_nothing(cli, store_path, args, words):
+    cli("portfolio", "list")  # creates the empty store
+    before = dump(store_path)
+    proc = cli("portfolio", *args, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and words in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert dump(store_path) == before
+
+
+def test_bad_holdings_are_refused(cli, store_path, tmp_path):
+    cli("portfolio", "create", "p", "--strategy", "hrp")
+    before = dump(store_path)
+    for body, words in (("asset,units\nSOL,1\nSOL,2\n", "more than once"), ("asset,units\nSOL,-1\n", "negative units"),
+                        ("asset,amount\nSOL,1\n", "needs the columns asset,units"), ("asset,units\nSOL,abc\n", "not finite")):
+        f = tmp_path / "h.csv"
+        f.write_text(body)
+        proc = cli("portfolio", "holdings", "p", f, check=False)
+        assert proc.returncode == 1 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = cli("portfolio", "holdings", "p", "--set", "SOL", check=False)
+    assert proc.returncode == 1 and "give ASSET=UNITS" in proc.stderr
+    assert dump(store_path) == before
+
+
+def test_a_held_asset_without_a_recent_price_holds_the_plan_never_a_silent_zero_target(store_path):
+    days = pd.date_range("2024-01-01", periods=200, freq="D", tz="UTC")
+    rng = np.random.default_rng(1)
+    sol = 100 * np.exp(np.cumsum(rng.normal(0, 0.03, len(days))))
+    with SQLiteStore(store_path) as st:
+        # USDC's last price is 10 days before SOL's: the finding of issue 12 (a silent 0 % target for USDC)
+        st.write_prices(pd.DataFrame({"timestamp": list(days) + list(days[:-10]), "asset": ["SOL"] * 200 + ["USDC"] * 190,
+                                      "close": list(sol) + [1.0] * 190}), "test")
+        st.upsert_portfolio("p", settings={"strategy": "min_variance", "window": 60, "assets": ["SOL", "USDC"]})
+        st.write_holdings("p", pd.Series({"SOL": 10.0, "USDC": 1000.0}), days[0])
+        status, decision, rid = reallocate_portfolio(st, "p", as_of=days[-1])
+        plan = st.read_reallocations("p").set_index("id").loc[rid, "plan"]
+        assert status == "held" and decision is None
+        assert "the last price of USDC is from 2024-07-08 00:00 (10 days 00:00:00 old)" in plan["reason"], plan["reason"]
+        assert "SOL" not in plan["reason"].split("older than")[0]  # SOL is fresh
+        assert st.read_alerts().loc[0, "kind"] == "stale_data"
+        # an asset with no price at all: held, naming it
+        st.upsert_portfolio("q", settings={"strategy": "min_variance", "window": 60})
+        st.write_holdings("q", pd.Series({"SOL": 10.0, "DOGE": 5.0}), days[0])
+        status, _, rid = reallocate_portfolio(st, "q", as_of=days[-1])
+        assert status == "held" and "no price stored for ['DOGE']" in st.read_reallocations("q").set_index("id").loc[rid, "plan"]["reason"]
+        # a longer stale limit accepts USDC's age, and the plan goes through
+        st.upsert_portfolio("p", settings={"strategy": "min_variance", "window": 60, "assets": ["SOL", "USDC"], "stale_after_hours": 24 * 11})
+        status, decision, _ = reallocate_portfolio(st, "p", as_of=days[-1])
+        assert status in ("planned", "none_needed")
+
+
+def test_liquidity_without_volumes_is_said_not_checked():
+    m = Market(prices=pd.Series({"SOL": 100.0, "USDC": 1.0}))  # no ADV, no pool
+    d = plan_reallocation(pd.Series({"SOL": 0.0, "USDC": 1e6}), pd.Series({"SOL": 0.5, "USDC": 0.5}), m)
+    assert d.status == "planned" and d.trades.loc["SOL", "impact"] == 0
+    assert d.notes == ["liquidity not checked: no volumes for ['SOL'] (no participation limit, impact not estimated: 0)"]
+    assert d.to_dict()["notes"] == d.notes
+    assert plan_reallocation(pd.Series({"SOL": 0.0, "USDC": 1e6}), pd.Series({"SOL": 0.5, "USDC": 0.5}), MARKET).notes == []

@@ -31,7 +31,7 @@ from ..store import Store, WriteResult
 # %% auto #0
 __all__ = ['DEFAULT_COINS', 'PUBLIC_URL', 'PRO_URL', 'KEY_HEADERS', 'SOURCE', 'SPOT_SOURCE', 'Num', 'Point', 'CollectError',
            'Coin', 'coins_by_mint', 'parse_coins', 'MarketConfig', 'MarketChart', 'SpotQuote', 'check_shape',
-           'chart_frame', 'spot_frame', 'day_chunks', 'CoinGeckoClient', 'CollectReport', 'last_stored',
+           'chart_frame', 'spot_frame', 'day_chunks', 'CoinGeckoClient', 'Budget', 'CollectReport', 'last_stored',
            'collect_market', 'run_sync', 'LocalServer', 'coingecko_replay']
 
 # %% ../../nbs/10_collect.market.ipynb #6ef300b4
@@ -95,7 +95,9 @@ class MarketConfig:
     - `start`: first day to collect when the store has nothing of a coin (default 365 days ago);
       `end`: last day (default yesterday, UTC); only whole days are stored;
     - `chunk_days`: days per history request (above 90, so CoinGecko answers daily points);
-    - `requests_per_minute`, `timeout` (seconds per request), `max_attempts` per request,
+    - `requests_per_minute`, `timeout` (seconds for each of connect, read, write and pool), `max_attempts` per request,
+    - `budget`: seconds a whole run may take, waits and retries included (a run over it fails, its batch unwritten);
+      `retry_after_cap`: the longest `Retry-After` obeyed (seconds), counted against the budget,
       `backoff` (seconds, the first wait of the exponential backoff, doubled each retry, at most 60);
     - `spot`: also fetch `/simple/price` for the latest prices (source `coingecko-spot`)."""
     coins: tuple[Coin, ...] = DEFAULT_COINS
@@ -111,12 +113,16 @@ class MarketConfig:
     max_attempts: int = 5
     backoff: float = 1.0
     spot: bool = True
+    budget: float = 600.0
+    retry_after_cap: float = 30.0
 
     def __post_init__(self):
         if self.plan not in KEY_HEADERS:
             raise ConfigError(f"market plan {self.plan!r}: use 'demo' or 'pro'")
         if self.chunk_days < 1 or self.max_attempts < 1 or self.requests_per_minute <= 0 or self.timeout <= 0:
             raise ConfigError("market: chunk_days, max_attempts, requests_per_minute and timeout must be positive")
+        if not (0 < self.budget < float("inf")) or not (0 <= self.retry_after_cap < float("inf")):
+            raise ConfigError("market: budget must be a positive number of seconds, retry_after_cap ≥ 0")
         if not self.coins:
             raise ConfigError("market: the coin list is empty")
 
@@ -233,7 +239,8 @@ class CoinGeckoClient:
         if config.api_key:
             headers[KEY_HEADERS[config.plan]] = config.api_key
         self._http = httpx.AsyncClient(base_url=config.base_url.rstrip("/") + "/", headers=headers,
-                                       timeout=config.timeout, transport=transport)
+                                       timeout=httpx.Timeout(config.timeout), transport=transport)
+        self.budget = Budget(config.budget, "CoinGecko")
         self._limiter = AsyncLimiter(config.requests_per_minute, 60)
         self.requests = 0
         self.retries = 0
@@ -245,15 +252,15 @@ class CoinGeckoClient:
         await self._http.aclose()
 
     def _wait(self, state) -> float:
-        "Exponential backoff, or the server's `Retry-After` when it asks for longer (at most 60 s)."
+        "Exponential backoff, or the server's `Retry-After` when it asks for longer (at most `retry_after_cap`); within the budget."
         exp = wait_exponential(multiplier=self.config.backoff, min=self.config.backoff, max=60)(state)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, httpx.HTTPStatusError):
             try:
-                return min(max(exp, float(exc.response.headers.get("retry-after", 0))), 60.0)
+                exp = max(exp, min(float(exc.response.headers.get("retry-after", 0)), self.config.retry_after_cap))
             except ValueError:
                 pass
-        return exp
+        return self.budget.wait(exp, "a retry")
 
     async def get_json(self, path: str, params: dict) -> object:
         "GET `path` (relative to `base_url`) with `params`, retried on 429/5xx/timeouts; the decoded JSON."
@@ -266,7 +273,7 @@ class CoinGeckoClient:
                         self.retries += 1
                     async with self._limiter:
                         self.requests += 1
-                        r = await self._http.get(path.lstrip("/"), params=params)
+                        r = await self.budget.run(self._http.get(path.lstrip("/"), params=params), path)
                     r.raise_for_status()
         except (httpx.HTTPError,) as e:
             last = e
@@ -296,6 +303,39 @@ class CoinGeckoClient:
                                                        "include_market_cap": "true", "include_24hr_vol": "true",
                                                        "include_last_updated_at": "true"})
         return spot_frame(payload, coins, self.config.vs_currency, "CoinGecko simple/price")
+
+# %% ../../nbs/10_collect.market.ipynb #e5f617b9
+class Budget:
+    """The time a collector run may take, counted from its creation (`seconds`, monotonic clock).
+
+    `run(coro, what)` awaits `coro` for at most the time left; `wait(seconds, what)` returns a retry's wait when it fits.
+    Either raises `CollectError` naming the budget when it does not: a slow server (headers, then a byte every few
+    seconds), a long `Retry-After` or many retries end the run, whatever the per-read timeouts allow."""
+
+    def __init__(self, seconds: float, service: str):
+        self.seconds, self.service, self.start = seconds, service, time.monotonic()
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.start)
+
+    def _over(self, what: str) -> "CollectError":
+        return CollectError(f"{self.service} {what}: over the run's budget of {self.seconds:g} s "
+                            f"(the server is too slow or asks to wait too long); nothing of this batch was written")
+
+    async def run(self, coro, what: str):
+        left = self.left()
+        if left <= 0:
+            coro.close()
+            raise self._over(what)
+        try:
+            return await asyncio.wait_for(coro, left)
+        except asyncio.TimeoutError:
+            raise self._over(what) from None
+
+    def wait(self, seconds: float, what: str) -> float:
+        if seconds >= self.left():
+            raise self._over(what)
+        return seconds
 
 # %% ../../nbs/10_collect.market.ipynb #5bbfb654
 @dataclass
@@ -398,7 +438,22 @@ class LocalServer:
                 url = urlsplit(self.path)
                 outer.log.append(dict(method=self.command, path=url.path, query=parse_qs(url.query), headers=dict(self.headers)))
                 fault = outer.faults.popleft() if outer.faults else None
-                if fault == "timeout":
+                if fault == "drip":   # headers at once, then one byte every `stall` seconds until the client leaves
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", "100000")
+                        self.end_headers()
+                        for _ in range(100000):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(outer.stall)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
+                if fault and fault.startswith("429:"):   # a 429 asking to wait that many seconds
+                    status, headers, payload = 429, {"Retry-After": fault[4:]}, b"{}"
+                elif fault == "timeout":
                     time.sleep(outer.stall)
                     status, headers, payload = 504, {}, b"{}"
                 elif fault in ("429", "500", "503"):

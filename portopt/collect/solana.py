@@ -28,8 +28,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from tqdm.auto import tqdm
 
 from ..clean import to_utc
-from ..config import ConfigError, DataError
-from .market import (DEFAULT_COINS, Coin, CollectError, CollectReport, MarketConfig, collect_market,
+from ..config import ConfigError, DataError, redact
+from .market import (DEFAULT_COINS, Budget, Coin, CollectError, CollectReport, MarketConfig, collect_market,
                                     coins_by_mint, parse_coins, run_sync, LocalServer)
 from ..store import Store, open_store
 
@@ -399,8 +399,10 @@ class SolanaRpc:
     Raises `CollectError` when the node keeps failing or answers with an RPC error, `DataError` when an
     answer does not have the documented shape."""
 
-    def __init__(self, url: str, timeout: float = 30.0, max_attempts: int = 5, backoff: float = 1.0, requests_per_second: float = 0):
+    def __init__(self, url: str, timeout: float = 30.0, max_attempts: int = 5, backoff: float = 1.0, requests_per_second: float = 0,
+                 budget: float = 600.0):
         self.url, self.max_attempts, self.backoff = url, max_attempts, backoff
+        self.budget = Budget(budget, "Solana RPC")   # the whole run's time, waits included: a slow node cannot hold it forever
         self.client = AsyncClient(url, timeout=timeout, http2=False, rate_limit=requests_per_second, max_transport_retries=0)
         self._raw: bytes | None = None
         # keep the raw body of each answer so that a shape error can name the field (solders cannot)
@@ -421,15 +423,16 @@ class SolanaRpc:
     async def call(self, method: str, fn: Callable, *args, **kwargs):
         "Run `await fn(*args, **kwargs)` (an `AsyncClient` method named `method` in errors), retried on transient failures."
         try:
+            backoff = wait_exponential(multiplier=self.backoff, min=self.backoff, max=60)
             async for attempt in AsyncRetrying(stop=stop_after_attempt(self.max_attempts), reraise=True,
-                                               wait=wait_exponential(multiplier=self.backoff, min=self.backoff, max=60),
+                                               wait=lambda state: self.budget.wait(backoff(state), f"{method} retry"),
                                                retry=retry_if_exception(_rpc_retryable)):
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         self.retries += 1
                     self.requests += 1
                     self._raw = None
-                    result = await fn(*args, **kwargs)
+                    result = await self.budget.run(fn(*args, **kwargs), method)
             return result
         except RPCException as e:
             err = e.args[0] if e.args else e
@@ -445,7 +448,7 @@ class SolanaRpc:
             what = (f"HTTP {cause.response.status_code}" if isinstance(cause, httpx2.HTTPStatusError)
                     else "timed out" if isinstance(cause, httpx2.TimeoutException) else f"{type(cause).__name__}: {cause}")
             tries = f"{self.max_attempts} attempts" if _rpc_retryable(e) else "1 attempt (not retryable)"
-            raise CollectError(f"{method} at {self.url}: {what} after {tries}") from None
+            raise CollectError(redact(f"{method} at {self.url}: {what} after {tries}")) from None
         except (SerdeJSONError, ValueError, TypeError):   # solders: the answer does not have the expected shape
             raise DataError(explain_rpc_answer(method, self._raw)) from None
 
@@ -521,6 +524,7 @@ class SolanaConfig:
     - `kamino_reserves`, `marginfi_banks`: pool addresses; `pyth_legacy`, `pyth_pull`: `{asset: address}` of price accounts;
     - `token_supplies`: mints whose supply is recorded; `coins`: names assets by mint;
     - `timeout` (s), `max_attempts`, `backoff` (s), `requests_per_second` (0: no limit);
+    - `budget` (s): the longest a whole run may take (a slower run fails and writes nothing);
     - `check_owner`: check account owners against the programs (turn off only for test validators
       that load accounts under another program id)."""
     rpc_url: str = "https://api.mainnet-beta.solana.com"
@@ -536,6 +540,7 @@ class SolanaConfig:
     backoff: float = 1.0
     requests_per_second: float = 0
     check_owner: bool = True
+    budget: float = 600.0
 
 # %% ../../nbs/11_collect.solana.ipynb #2cdef0c5
 async def collect_solana(store: Store, config: SolanaConfig, now=None, progress: bool = False) -> CollectReport:
@@ -554,7 +559,8 @@ async def collect_solana(store: Store, config: SolanaConfig, now=None, progress:
               "pyth-legacy": (PYTH_ORACLE_PROGRAM, "Pyth price account"), "pyth-pull": (PYTH_RECEIVER_PROGRAM, "Pyth PriceUpdateV2")}
     decoders = {"kamino": decode_kamino_reserve, "marginfi": decode_marginfi_bank,
                 "pyth-legacy": decode_pyth_price, "pyth-pull": decode_price_update_v2}
-    async with SolanaRpc(config.rpc_url, config.timeout, config.max_attempts, config.backoff, config.requests_per_second) as rpc:
+    async with SolanaRpc(config.rpc_url, config.timeout, config.max_attempts, config.backoff, config.requests_per_second,
+                         config.budget) as rpc:
         try:
             accounts = await rpc.accounts([a for a, _ in wanted]) if wanted else {}
             decoded = []
@@ -711,7 +717,7 @@ def run_collect_job(job: str, store: Store | None = None, config=None, trigger: 
             collect_solana(store, solana, now=now, progress=progress)
         report = run_sync(coro)
     except Exception as e:
-        store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
+        store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}"))
         if own:
             store.close()
         raise

@@ -9,6 +9,11 @@ without a hosted project.
     python supabase/local/stack.py down      # stop everything (the data folder stays)
     python supabase/local/stack.py destroy   # stop and remove the data folder
 
+Security: PostgreSQL accepts TCP connections (loopback) with scram-sha-256 passwords only; the passwords of
+`postgres` and of PostgREST's `authenticator` are generated on first use and kept in the state folder (0600), as are
+the JWT secret, env.json and postgrest.conf. The Unix socket (trust) lives in the state folder's run/ (0700).
+`up` finds a stale stack of its own state folder (parts half-running, or running on other ports) and stops it first.
+
 Layout of Supabase's API: `{SUPABASE_URL}/rest/v1/` is PostgREST behind nginx; the anon and
 service-role keys are JWTs signed with the JWT secret; only the Authorization header is checked.
 Every process runs as an unprivileged user (PostgreSQL refuses root): the current user, or `postgres`
@@ -93,9 +98,18 @@ class Stack:
                 fail("SUPABASE_JWT_SECRET must have at least 32 characters")
             return s
         if not f.exists():
-            f.write_text(secrets.token_urlsafe(40))
-            f.chmod(0o600)
+            _write_private(f, secrets.token_urlsafe(40))
         return f.read_text().strip()
+
+    def password(self, role: str) -> str:
+        "The generated password of a database role, kept in the state folder (0600)."
+        f = self.dir / f"{role}_password"
+        if not f.exists():
+            _write_private(f, secrets.token_urlsafe(24))
+        return f.read_text().strip()
+
+    def pg_env(self) -> dict:
+        return dict(os.environ, PGPASSWORD=self.password("postgres"))
 
     def settings(self) -> dict:
         import jwt
@@ -105,7 +119,7 @@ class Stack:
         return {"SUPABASE_URL": f"http://127.0.0.1:{self.api_port}",
                 "SUPABASE_ANON_KEY": key("anon"), "SUPABASE_SERVICE_ROLE_KEY": key("service_role"),
                 "SUPABASE_JWT_SECRET": secret,
-                "SUPABASE_DB_URL": f"postgresql://postgres@127.0.0.1:{self.db_port}/postgres"}
+                "SUPABASE_DB_URL": f"postgresql://postgres:{self.password('postgres')}@127.0.0.1:{self.db_port}/postgres"}
 
     def pid_alive(self, pidfile: Path) -> bool:
         try:
@@ -138,12 +152,13 @@ class Stack:
         args = [self.pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.db_port),
                 "-U", "postgres", "-d", "postgres", "--single-transaction"]
         args += ["-f", str(file)] if file else ["-c", sql]
-        subprocess.run(args, check=True, capture_output=True, text=True)
+        subprocess.run(args, check=True, capture_output=True, text=True, env=self.pg_env())
 
     # -- parts -----------------------------------------------------------------------------------
     def init(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run.mkdir(exist_ok=True)
+        self.run.chmod(0o700)   # the Unix socket (trust) is here: only the stack's user may reach it
         if self.user:
             for parent in self.dir.parents:  # the unprivileged user must reach the state folder
                 if not os.stat(parent).st_mode & 0o001:
@@ -152,8 +167,18 @@ class Stack:
             shutil.chown(self.dir, self.user)
             shutil.chown(self.run, self.user)
         if not (self.pgdata / "PG_VERSION").exists():
-            self.as_user([self.pg_bin("initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-                          "--encoding=UTF8", "--locale=C", "--no-sync"], capture_output=True)
+            pwfile = self.run / "initdb.pw"
+            _write_private(pwfile, self.password("postgres") + "\n", owner=self.user)
+            try:
+                self.as_user([self.pg_bin("initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth-local=trust",
+                              "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C", "--no-sync"],
+                             capture_output=True)
+            finally:
+                pwfile.unlink(missing_ok=True)
+        hba = self.pgdata / "pg_hba.conf"   # also for a cluster made before passwords: TCP needs one, the socket is private
+        hba.write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n")
+        if self.user:
+            shutil.chown(hba, self.user)
 
     def start_pg(self) -> None:
         if self.pg_running():
@@ -163,12 +188,21 @@ class Stack:
         self.as_user([self.pg_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(self.run / "postgres.log"),
                       "-o", opts, "-w", "-t", "30", "start"], capture_output=True)
 
+    def set_passwords(self) -> None:
+        "Give `postgres` and `authenticator` their generated passwords (scram-sha-256), through the private Unix socket."
+        sql = (f"SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '{self.password('postgres')}'; "
+               "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN "
+               "CREATE ROLE authenticator LOGIN NOINHERIT; END IF; END $$; "
+               f"ALTER ROLE authenticator PASSWORD '{self.password('authenticator')}';")
+        self.as_user([self.pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.run), "-p", str(self.db_port),
+                      "-U", "postgres", "-d", "postgres", "-c", sql], capture_output=True)
+
     def migrate(self) -> list[str]:
         "Apply bootstrap.sql, then every migration not yet recorded, each in one transaction."
         self.psql(file=HERE / "bootstrap.sql")
         out = subprocess.run([self.pg_bin("psql"), "-X", "-At", "-h", "127.0.0.1", "-p", str(self.db_port), "-U", "postgres",
                               "-d", "postgres", "-c", "SELECT version FROM supabase_migrations.schema_migrations"],
-                             check=True, capture_output=True, text=True).stdout.split()
+                             check=True, capture_output=True, text=True, env=self.pg_env()).stdout.split()
         applied = []
         for f in sorted(MIGRATIONS.glob("*.sql")):
             version, _, name = f.stem.partition("_")
@@ -191,11 +225,11 @@ class Stack:
         if self.pid_alive(pid):
             return
         conf = self.run / "postgrest.conf"
-        conf.write_text(f'db-uri = "postgresql://authenticator@127.0.0.1:{self.db_port}/postgres"\n'
-                        'db-schemas = "public"\ndb-anon-role = "anon"\n'
-                        f'jwt-secret = "{self.secret()}"\n'
-                        f'server-host = "127.0.0.1"\nserver-port = {self.rest_port}\n'
-                        'db-channel-enabled = true\ndb-pool = 10\nlog-level = "error"\n')
+        _write_private(conf, f'db-uri = "postgresql://authenticator:{self.password("authenticator")}@127.0.0.1:{self.db_port}/postgres"\n'
+                       'db-schemas = "public"\ndb-anon-role = "anon"\n'
+                       f'jwt-secret = "{self.secret()}"\n'
+                       f'server-host = "127.0.0.1"\nserver-port = {self.rest_port}\n'
+                       'db-channel-enabled = true\ndb-pool = 10\nlog-level = "error"\n', owner=self.user)
         proc = self.popen_as_user([str(self.postgrest_bin()), str(conf)], self.run / "postgrest.log")
         pid.write_text(str(proc.pid))
         self.wait("PostgREST", lambda: self.http_ok(f"http://127.0.0.1:{self.rest_port}/"), log=self.run / "postgrest.log")
@@ -249,15 +283,46 @@ http {{
         pidfile.unlink(missing_ok=True)
 
     # -- commands --------------------------------------------------------------------------------
+    def stale(self) -> str | None:
+        "Why the parts running from this state folder are a stale stack (half up, or on other ports), or None."
+        parts = self.status()
+        running = [k for k in ("postgres", "postgrest", "nginx") if parts[k]]
+        if not running:
+            return None
+        try:
+            ports = json.loads((self.run / "ports.json").read_text())
+        except (FileNotFoundError, ValueError):
+            ports = None
+        if ports != {"api": self.api_port, "db": self.db_port, "rest": self.rest_port}:
+            return f"{', '.join(running)} running on other ports ({ports})"
+        if len(running) < 3:
+            return f"only {', '.join(running)} running"
+        if not self.http_ok(f"http://127.0.0.1:{self.api_port}/health"):
+            return "the API does not answer"
+        return None
+
     def up(self) -> dict:
         t0 = time.monotonic()
+        why = self.stale()
+        if why:
+            print(f"stopping a stale stack of {self.dir}: {why}", file=sys.stderr)
+            self.down()
+        if not any(self.status()[k] for k in ("postgres", "postgrest", "nginx")):
+            import socket
+            for port in (self.api_port, self.db_port, self.rest_port):
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        fail(f"port {port} is in use by another process; choose other ports with PORTOPT_STACK_PORT "
+                             "(the API port; PostgreSQL and PostgREST take the next two)")
         self.init()
         self.start_pg()
+        self.set_passwords()
+        (self.run / "ports.json").write_text(json.dumps({"api": self.api_port, "db": self.db_port, "rest": self.rest_port}))
         applied = self.migrate()
         self.start_postgrest()
         self.start_nginx()
         s = self.settings()
-        (self.dir / "env.json").write_text(json.dumps(s, indent=1))
+        _write_private(self.dir / "env.json", json.dumps(s, indent=1))
         print(json.dumps(dict(s, started_in_s=round(time.monotonic() - t0, 2), applied=applied, state_dir=str(self.dir))))
         return s
 
@@ -274,6 +339,16 @@ http {{
     def status(self) -> dict:
         return {"postgres": self.pg_running(), "postgrest": self.pid_alive(self.run / "postgrest.pid"),
                 "nginx": self.pid_alive(self.run / "nginx.pid"), "state_dir": str(self.dir)}
+
+
+def _write_private(path: Path, text: str, owner: str | None = None) -> None:
+    "Write `text` to a file readable by its owner only (0600), created so: never world-readable, not even briefly."
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    if owner:
+        shutil.chown(path, owner)
 
 
 def _user_exists(name: str) -> bool:
