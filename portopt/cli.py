@@ -204,7 +204,7 @@ def _notes(loaded: Loaded, excluded: dict | None = None) -> str:
     "The lines under a table: data origin and frequency, sources, fills and exclusions."
     lines = [f"data: {loaded.origin}, {loaded.prices.shape[1]} assets, {loaded.prices.index[0]:%Y-%m-%d} to "
              f"{loaded.prices.index[-1]:%Y-%m-%d}; frequency: {loaded.frequency.describe()}"]
-    if len(set(loaded.sources.values())) > 1:
+    if any(" > " in s for s in loaded.sources.values()):
         lines.append("sources (first wins): " + ", ".join(f"{a} {s}" for a, s in loaded.sources.items()))
     if loaded.filled:
         lines.append("filled (--missing ffill): " + "; ".join(f"{a}: {w}" for a, w in loaded.filled.items()))
@@ -230,10 +230,13 @@ def run(assets: AssetsOpt = None,
         as_of: AsOfOpt = None,
         fee_bps: Annotated[Optional[float], typer.Option(callback=_checked(nonnegative, "--fee-bps"), help="Cost per unit of turnover, basis points.")] = None,
         report: Annotated[str, typer.Option(help="Report notebook in reports/ to run.")] = "portfolio",
+        source: SourceOpt = None, periods_per_year: PPYOpt = None, missing: MissingOpt = "exclude", max_fill: MaxFillOpt = None,
         store: StoreOpt = None):
     "The main job: load the bundled data if absent, run the report notebook, print the metrics and the report's paths."
     params = dict(assets=_split(assets), strategies=_split(strategies), window=window, rebalance_every=rebalance_every,
-                  start=start, as_of=as_of, fee_bps=fee_bps)
+                  start=start, as_of=as_of, fee_bps=fee_bps, source=source, periods_per_year=periods_per_year,
+                  missing=None if missing == "exclude" else missing, max_fill=max_fill)
+    check_missing(missing, max_fill)
     with open_store(store) as st:
         done = run_report(report, {k: v for k, v in params.items() if v is not None}, store=st, progress=True)
     metrics = done.folder / "metrics.csv"
@@ -318,7 +321,8 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
         caps = load_market_caps(dataset, assets=list(p.columns)) if "market_cap" in bench else None
     options = dict(window=window, expanding=expanding, rebalance_every=every, band=band, fee_bps=fee_bps, slippage_bps=slippage_bps,
                    impact_coefficient=impact_coefficient, capital=capital, start=start, cash=cash, max_weight=max_weight,
-                   drawdown_limit=drawdown_limit, cooldown=cooldown, on_failure=on_failure, missing=missing,
+                   drawdown_limit=drawdown_limit, cooldown=cooldown, on_failure=on_failure,
+                   missing="raise" if missing == "raise" else "exclude",  # "ffill" already filled the prices
                    params={"risk_measure": risk_measure} if risk_measure else {})
     results = compare(p, _split(strategy), periods_per_year=periods_per_year, benchmarks=bench, progress=not json_,
                       volumes=volumes, market_caps=caps, **options)
@@ -828,7 +832,7 @@ def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceO
         axes["risk_measure"] = _split(risk_measure)
     if start:
         axes["start"] = [start]
-    if missing != "exclude":
+    if missing == "raise":  # "ffill" fills the prices once, below
         axes["missing"] = [missing]
     data = _load(dataset, prices, source, _split(assets), as_of, periods_per_year, missing, max_fill, store)
     configs = grid(**axes)

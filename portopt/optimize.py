@@ -93,10 +93,10 @@ def estimation_window(returns: pd.DataFrame, window: int | None = None, end=None
     (whose fill happens on prices, before returns) an asset with a missing return in the window is left out
     and named, with its reason, in the returned frame's `attrs["excluded"]` (`optimize` copies it into
     `Allocation.diagnostics`); with "raise" it is a `DataError`. Losing more than half of the assets is a
-    `DataError` that names them and why. Raises `ConfigError` when fewer than `min_assets` assets or 2 periods remain."""
+    `DataError` that names them and why (assets that have not started trading yet are named, not counted). Raises `ConfigError` when fewer than `min_assets` assets or 2 periods remain."""
     if missing not in ("exclude", "ffill", "raise"):
         raise ConfigError(f"missing={missing!r}: use one of ['exclude', 'ffill', 'raise']")
-    r = returns if end is None else returns[returns.index < to_utc(end)]
+    r = before = returns if end is None else returns[returns.index < to_utc(end)]
     asked = list(r.columns)
     if window is not None:
         if window < 2:
@@ -118,10 +118,14 @@ def estimation_window(returns: pd.DataFrame, window: int | None = None, end=None
     if excluded and missing == "raise":
         raise DataError("missing returns (missing='raise'): " + "; ".join(f"{a}: {why}" for a, why in excluded.items())
                         + "; fill them (--missing ffill --max-fill N), exclude them (--missing exclude) or choose another window")
-    if asked and len(excluded) > len(asked) / 2:
-        raise DataError(f"{len(excluded)} of the {len(asked)} assets asked for have missing returns, more than half: "
-                        + "; ".join(f"{a}: {why}" for a, why in list(excluded.items())[:5])
-                        + ("; ..." if len(excluded) > 5 else "")
+    unlisted = [a for a in excluded if a in before.columns and before[a].isna().all()]
+    for a in unlisted:  # an asset that has not started trading yet joins a ragged universe later: said, not counted as lost
+        excluded[a] = f"no returns before {_day(before.index[-1]) if len(before) else 'the end'} (not trading yet)"
+    lost = {a: why for a, why in excluded.items() if a not in unlisted}
+    if asked and len(lost) > (len(asked) - len(unlisted)) / 2:
+        raise DataError(f"{len(lost)} of the {len(asked) - len(unlisted)} assets asked for (that trade) have missing returns, more than half: "
+                        + "; ".join(f"{a}: {why}" for a, why in list(lost.items())[:5])
+                        + ("; ..." if len(lost) > 5 else "")
                         + "; choose a window where they trade, fill short gaps (--missing ffill --max-fill N) or ask for fewer assets")
     if r.shape[1] < min_assets or len(r) < 2:
         raise ConfigError(f"only {r.shape[1]} asset(s) with {len(r)} periods of complete returns before "
@@ -527,6 +531,7 @@ def _check_weights(w, assets, long_short: bool = False) -> pd.Series | None:
     return w / w.sum()
 
 SOLVER_LOG = logging.getLogger("portopt.solvers")  # what solvers print goes here, never to stdout
+_CAPTURE = None  # (pid, scratch file) of solver_output
 
 @contextlib.contextmanager
 def solver_output():
@@ -540,8 +545,14 @@ def solver_output():
         fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
     except (OSError, ValueError, io.UnsupportedOperation):  # a StringIO or a notebook stream: fd 1 is the real one
         fd = 1
+    global _CAPTURE
+    if _CAPTURE is None or _CAPTURE[0] != os.getpid():  # one scratch file per process, reused (a new one costs ~0.5 ms)
+        _CAPTURE = (os.getpid(), tempfile.TemporaryFile(mode="w+b"))
+    tmp = _CAPTURE[1]
+    tmp.seek(0)
+    tmp.truncate()
     saved = os.dup(fd)
-    with tempfile.TemporaryFile(mode="w+b") as tmp, contextlib.redirect_stdout(io.StringIO()) as py:
+    with contextlib.redirect_stdout(io.StringIO()) as py:
         os.dup2(tmp.fileno(), fd)
         try:
             yield captured

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .clean import to_utc
+from .clean import resolve_frequency, to_utc
 from .config import ConfigError, DataError, OptimizationError
-from .optimize import SOLVER_PARAMS, optimize, solver_output
+from .optimize import SOLVER_PARAMS, missing_reasons, optimize, solver_output
 
 # %% auto #0
 __all__ = ['FAST_STRATEGIES', 'FAST_SOLVERS', 'LP_SOLVERS', 'SOLVER_OPTIONS', 'quad_form_dpp', 'one_blas_thread', 'sqrt_factor',
@@ -269,8 +269,8 @@ class FastOptimizer:
 
 # %% ../nbs/21_walkforward.ipynb #2fb3ec4d
 def rolling_weights(returns: pd.DataFrame, strategy: str, *, window: int, rebalance_every: int, start=None,
-                    periods_per_year: int, risk_free_rate: float = 0.0, alpha: float = 0.05,
-                    optimizer: FastOptimizer | None = None, **options) -> pd.DataFrame:
+                    periods_per_year: int | None = None, risk_free_rate: float = 0.0, alpha: float = 0.05,
+                    optimizer: FastOptimizer | None = None, missing: str = "exclude", **options) -> pd.DataFrame:
     """Weights of `strategy` at each rebalance date: rows = rebalance dates (a subset of `returns.index`),
     columns = every asset of `returns` (0 where an asset has no full window), rows sum to 1.
 
@@ -278,7 +278,10 @@ def rolling_weights(returns: pd.DataFrame, strategy: str, *, window: int, rebala
     `window`: periods per estimation window; `rebalance_every`: periods between rebalances; `start`: first
     date that may rebalance. `optimizer` reuses a `FastOptimizer` (and its compiled programs); `options`
     go to a new one (`solvers`, `sigma_form`, `solver_options`). The per-window diagnostics are in
-    `.attrs["diagnostics"]`: a list of dicts (`date`, `assets`, `solver`, `attempts`, `seconds`).
+    `.attrs["diagnostics"]`: a list of dicts (`date`, `assets`, `solver`, `attempts`, `seconds`, `excluded`: asset →
+    why it was left out of that window, e.g. "2 missing returns in the window ending 2025-11-13"). `missing`:
+    "exclude" (reported so) or "raise" (`DataError`); to fill gaps, fill the prices first (`portopt.clean.fill_gaps`).
+    `periods_per_year`: default inferred from the index (`portopt.clean.infer_frequency`).
     Raises `ConfigError` for bad parameters or too little data, `OptimizationError` naming the window."""
     if not isinstance(returns, pd.DataFrame) or returns.shape[1] == 0:
         raise DataError("rolling_weights needs a returns frame (timestamp × assets)")
@@ -286,6 +289,10 @@ def rolling_weights(returns: pd.DataFrame, strategy: str, *, window: int, rebala
         raise DataError("returns must have a sorted index without duplicated timestamps")
     if window < 2 or rebalance_every < 1:
         raise ConfigError(f"window={window} must be >= 2 and rebalance_every={rebalance_every} >= 1")
+    if missing not in ("exclude", "raise"):
+        raise ConfigError(f"missing={missing!r}: rolling_weights takes 'exclude' or 'raise'; fill prices first with portopt.clean.fill_gaps")
+    if optimizer is None:
+        periods_per_year = resolve_frequency(returns.index, periods_per_year).periods_per_year
     opt = optimizer or FastOptimizer(strategy, periods_per_year=periods_per_year, risk_free_rate=risk_free_rate,
                                      alpha=alpha, **options)
     if opt.strategy != strategy:
@@ -301,10 +308,16 @@ def rolling_weights(returns: pd.DataFrame, strategy: str, *, window: int, rebala
     with one_blas_thread():
         for k, i in enumerate(rebalances):
             t0 = time.perf_counter()
+            block = returns.iloc[i - window:i]
+            excluded = missing_reasons(block)
+            if excluded and missing == "raise":
+                raise DataError(f"missing returns (missing='raise') before {idx[i]:%Y-%m-%d}: "
+                                + "; ".join(f"{a}: {w}" for a, w in excluded.items()))
             keep, res = _window_weights(opt, R, cols, idx, i, window, strategy)
             out[k, keep] = res.weights.to_numpy()
             diagnostics.append(dict(date=idx[i].isoformat(), assets=int(keep.sum()), solver=res.solver,
-                                    attempts=res.attempts, seconds=time.perf_counter() - t0))
+                                    attempts=res.attempts, seconds=time.perf_counter() - t0,
+                                    excluded=excluded))
     weights = pd.DataFrame(out, index=idx[list(rebalances)], columns=cols)
     weights.attrs["diagnostics"] = diagnostics
     return weights

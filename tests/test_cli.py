@@ -51,7 +51,7 @@ def test_backtest_json_returns_and_metrics_agree(cli):
 
 def test_exactly_one_data_source_is_required(cli):
     proc = cli("optimize", "--strategy", "hrp", check=False)
-    assert proc.returncode == 1 and proc.stderr == "error: give exactly one of --dataset NAME and --prices PATH\n"
+    assert proc.returncode == 1 and proc.stderr == "error: give exactly one of --dataset NAME, --prices PATH and --source NAME (a source in the store)\n"
 
 
 def test_run_leaves_a_report_and_stores_what_it_computed(cli, store_path, tmp_path):

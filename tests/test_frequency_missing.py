@@ -120,7 +120,7 @@ def test_losing_more_than_half_the_assets_is_an_error(cli, tmp_path):
     path = tmp_path / "holes.csv"
     p.rename_axis("timestamp").to_csv(path)
     proc = cli("optimize", "--prices", path, "--window", "90", check=False)
-    assert proc.returncode == 1 and "2 of the 3 assets asked for have missing returns, more than half" in proc.stderr
+    assert proc.returncode == 1 and "2 of the 3 assets asked for (that trade) have missing returns, more than half" in proc.stderr
     assert "BTC: 2 missing returns" in proc.stderr and proc.stderr.count("\n") == 1
 
 
@@ -132,3 +132,30 @@ def test_backtest_logs_exclusions_per_decision(cli, gappy):
     assert set(ex) == {"ETH"} and "missing return" in ex["ETH"]
     log = pd.DataFrame(out["results"]["min_variance"]["log"])
     assert (log["event"] == "excluded").sum() >= 1 and log.loc[log["event"] == "excluded", "detail"].str.startswith("ETH: ").all()
+
+
+def test_the_report_says_what_was_excluded(cli, gappy, tmp_path, store_path):
+    path, _ = gappy
+    cli("import", path, "--source", "gappy")
+    cli("run", "--report", "backtest", "--source", "gappy", "--assets", "BTC,ETH,SOL", "--strategies", "min_variance",
+        "--window", "60", "--rebalance-every", "5", "--start", "2022-06-01")
+    html = (next((tmp_path / "runs").glob("*-backtest")) / "backtest.html").read_text()
+    assert "daily bars, 365 periods a year, inferred" in html
+    assert "Excluded from some decisions" in html and "min_variance: ETH" in html
+
+
+def test_library_walk_forward_and_rolling_weights_report_exclusions():
+    from portopt.backtest import walk_forward
+    from portopt.clean import returns
+    from portopt.walkforward import rolling_weights
+    p = load_prices(assets=["BTC", "ETH", "SOL"], start="2022-01-01")
+    p.iloc[-10, p.columns.get_loc("ETH")] = np.nan
+    w = rolling_weights(returns(p), "min_variance", window=60, rebalance_every=5)
+    ex = [d["excluded"] for d in w.attrs["diagnostics"] if d["excluded"]]
+    assert ex and all(set(e) == {"ETH"} for e in ex) and (w.loc[w.index[-1], "ETH"] == 0)
+    with pytest.raises(DataError, match="ETH: 2 missing returns"):
+        rolling_weights(returns(p), "min_variance", window=60, rebalance_every=5, missing="raise")
+    kept = walk_forward(p, "min_variance", window=60, rebalance_every=5, missing="ffill", max_fill=1)
+    assert (kept.log["event"] == "excluded").sum() == 0 and kept.log["event"].tolist()[:2] == ["frequency", "filled"]
+    dropped = walk_forward(p, "min_variance", window=60, rebalance_every=5)
+    assert (dropped.log["event"] == "excluded").sum() >= 1
