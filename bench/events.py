@@ -138,8 +138,12 @@ def scale(st, days, n: int, owners: int) -> None:
             if (r.count or 0) >= n:
                 break
             time.sleep(0.5)
-        units = st.read_units()
-        mine = units[units["parameters"].map(lambda p: p.get("as_of") == at and p["portfolio"].startswith("s"))]
+        while True:  # every unit closed (a decision is written just before its run row is)
+            units = st.read_units()
+            mine = units[units["parameters"].map(lambda p: p.get("as_of") == at and p["portfolio"].startswith("s"))]
+            if len(mine) >= n and (mine["status"] != "running").all():
+                break
+            time.sleep(0.2)
         seconds = time.perf_counter() - t0
         per = [done.get(timeout=60) for _ in procs]
         for p in procs:
