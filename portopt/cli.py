@@ -86,27 +86,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 def _split(s: str | None) -> list[str] | None:
     return None if not s else [a.strip() for a in s.split(",") if a.strip()]
 
-def _prices(dataset: str | None, prices: Path | None, assets: list[str] | None, as_of: str | None) -> pd.DataFrame:
-    "The cleaned wide price frame the command works on, from exactly one of `--dataset` and `--prices`."
-    if (dataset is None) == (prices is None):
-        raise ConfigError("give exactly one of --dataset NAME and --prices PATH")
-    if dataset is not None:
-        wide = load_prices(dataset, assets=assets, end=as_of)
-    else:
-        long, _ = read_price_file(prices)
-        wide = to_wide(long)
-        if assets:
-            unknown = [a for a in assets if a not in wide.columns]
-            if unknown:
-                raise ConfigError(f"{prices}: no asset(s) {unknown}; the file has {sorted(wide.columns)}")
-            wide = wide[assets]
-        if as_of is not None:
-            wide = wide[wide.index <= to_utc(as_of)]
-    # Calendar-daily data (crypto: weekends included) goes on a daily calendar with short gaps filled;
-    # business-day data (equities) is only validated, so no flat weekend returns are invented.
-    calendar_daily = len(wide) > 2 and (wide.index.day_of_week >= 5).any() and wide.index.to_series().diff().median() == pd.Timedelta("1D")
-    return clean_prices(wide).prices if calendar_daily else validate_prices(wide)
-
 def _echo_table(frame: pd.DataFrame) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         typer.echo(frame.to_string())
