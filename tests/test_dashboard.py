@@ -47,16 +47,16 @@ def require(*modules, browser=True):
 
 
 @contextlib.contextmanager
-def voila(store_path: Path, log: Path):
+def voila(store_path: Path, log: Path, extra: tuple = ()):
     """Serve reports/ as `make dashboard` does (the project's voila.json) on a free loopback port; yields the base URL
-    once Voila listens. The server's pid is written beside the log (`.pid`), for counting its kernels."""
+    once Voila listens; `extra`: more Voila options (the benchmark's variants). The server's pid is written beside the log (`.pid`), for counting its kernels."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PORTOPT_STORE=str(store_path))
     env.pop("PORTOPT_RUNS", None)  # report links point into reports/runs, which Voila serves
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "voila", "reports", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"],
+        proc = subprocess.Popen([sys.executable, "-m", "voila", "reports", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", *extra],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     log.with_suffix(".pid").write_text(str(proc.pid))
     from portopt.dashboards import LiveSnapshots
