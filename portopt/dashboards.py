@@ -15,8 +15,9 @@ from .store import SQLiteStore, Store, open_store
 
 # %% auto #0
 __all__ = ['QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'open_for_reading', 'latest_run', 'when', 'made_by', 'pct', 'money',
-           'num', 'utilization', 'strategy_color', 'recolor', 'tidy', 'show', 'live_sections', 'store_key',
-           'live_snapshot', 'live_path', 'write_live_snapshot', 'live_block', 'live_script', 'LiveSnapshots', 'serve']
+           'num', 'utilization', 'strategy_color', 'recolor', 'tidy', 'show', 'served_report', 'live_sections',
+           'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot', 'live_block', 'live_script',
+           'LiveSnapshots', 'serve']
 
 # %% ../nbs/51_dashboards.ipynb #ad8d925c
 def open_for_reading(store_path=None) -> Store:
@@ -134,12 +135,24 @@ LIVE_SECTIONS = ("portfolios", "runs", "alerts", "trades")
 def _table(frame: pd.DataFrame, css: str = "", **kw) -> str:
     return frame.to_html(classes=f"po-table {css}", border=0, na_rep="", **kw)
 
+def served_report(output_path, job: str, root=None) -> str:
+    """Where Voila serves a run's HTML report, relative to the served folder `root` (default: the settings'
+    `reports_dir`): `runs/<folder>/<job>.html` when the run's folder is inside `root` (Voila refuses files whose
+    real path is outside it, symlinks included), else `live/runs/<folder>/<job>.html`, the copy `LiveSnapshots`
+    keeps there."""
+    root = Path(root or get_settings().reports_dir).resolve()
+    folder = Path(str(output_path)).resolve()
+    if folder.is_relative_to(root):
+        return f"{folder.relative_to(root).as_posix()}/{job}.html"
+    return f"live/runs/{folder.name}/{job}.html"
+
 def _run_link(row) -> str:
-    "A link to the run's HTML report, under the served `runs/` folder (mirrored there when PORTOPT_RUNS is elsewhere)."
+    "A link to the run's HTML report where Voila serves it (`served_report`), wherever PORTOPT_RUNS points."
     if not row["output_path"] or row["status"] != "succeeded":
         return ""
     folder = str(row["output_path"]).rstrip("/").split("/")[-1]
-    return f'<a class="po-report" href="../files/runs/{folder}/{row["job"]}.html" target="_blank">{_html.escape(folder)}</a>'
+    href = _html.escape(f"../files/{served_report(row['output_path'], row['job'])}")
+    return f'<a class="po-report" href="{href}" target="_blank">{_html.escape(folder)}</a>'
 
 def live_sections(store: Store) -> dict[str, str]:
     """The overview's parts that change as the workflow runs, as HTML fragments keyed by `LIVE_SECTIONS`: each
@@ -278,9 +291,33 @@ class LiveSnapshots:
         self.root, self.store_path, self.every = Path(root), store_path, every
         self._stop, self._thread = threading.Event(), None
 
+    def mirror_reports(self) -> list[Path]:
+        """Copy the HTML reports of the store's recent succeeded runs whose folders are outside `root` (PORTOPT_RUNS
+        elsewhere) to `root/live/runs/<folder>/<job>.html`, where Voila serves them and the overview links them;
+        a copy is refreshed when its source changes. Returns the paths written."""
+        store, written = open_for_reading(self.store_path), []
+        try:
+            runs = store.read_runs(limit=20)
+        finally:
+            getattr(store, "close", lambda: None)()
+        for _, row in runs.iterrows():
+            if row["status"] != "succeeded" or not row["output_path"]:
+                continue
+            rel = served_report(row["output_path"], row["job"], self.root)
+            source = Path(str(row["output_path"])) / f"{row['job']}.html"
+            if not rel.startswith("live/runs/") or not source.is_file():
+                continue
+            target = self.root / rel
+            if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                written.append(target)
+        return written
+
     def tick(self) -> None:
         try:
             write_live_snapshot(self.root, self.store_path)
+            self.mirror_reports()
         except Exception as e:  # never silent, never fatal: the page shows how old its data are
             print(f"portopt dashboards: live snapshot not written: {type(e).__name__}: {e}", file=sys.stderr)
 
@@ -312,7 +349,7 @@ def serve(root="reports", port: int = 8866, every: float = 5.0) -> int:
             return proc.wait(timeout=30)
 
 
-if __name__ == "__main__":  # python -m portopt.dashboards [--port 8866] [--every 5] [ROOT]
+if __name__ == "__main__" and "__file__" in globals():  # python -m portopt.dashboards [--port 8866] [--every 5] [ROOT] (not the notebook)
     import argparse
     _p = argparse.ArgumentParser(prog="python -m portopt.dashboards", description=serve.__doc__.split(";")[0])
     _p.add_argument("root", nargs="?", default="reports"); _p.add_argument("--port", type=int, default=8866)

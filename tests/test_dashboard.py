@@ -282,3 +282,26 @@ def test_the_open_overview_shows_new_decisions_and_alerts_by_itself(populated):
         check_page(page)
         page.screenshot(path=str(SCREENS / "overview-live.png"), full_page=True)
     assert dump(path) == after_writes  # the open page wrote nothing
+
+
+def test_a_report_outside_the_served_folder_opens_from_the_overview(populated, tmp_path):
+    """PORTOPT_RUNS outside reports/: Voila refuses files whose real path is outside its root (a symlink answers 403),
+    so the overview links the copy that `LiveSnapshots` keeps under reports/live/runs/; the link opens the report."""
+    from portopt.store import SQLiteStore
+    url, path, done = populated
+    outside = tmp_path / "elsewhere" / f"{done['portfolio'].folder.name}-elsewhere"
+    outside.mkdir(parents=True)
+    shutil.copy2(done["portfolio"].html, outside / "portfolio.html")
+    with SQLiteStore(path) as st:
+        st.finish_run(st.start_run("portfolio", {"where": "outside"}), "succeeded", output_path=str(outside))
+    after_writes = dump(path)
+    with browser() as page:
+        open_app(page, url, "dashboard", ".po-summary")
+        link = page.locator("a.po-report", has_text=outside.name)
+        link.wait_for(timeout=30_000)
+        href = link.get_attribute("href")
+        assert href == f"../files/live/runs/{outside.name}/portfolio.html"
+        answer = page.goto(f"{url}/voila/files/live/runs/{outside.name}/portfolio.html", wait_until="load", timeout=60_000)
+        assert answer.status == 200 and "Efficient frontier" in page.inner_text("body")
+        page.screenshot(path=str(SCREENS / "report-outside-runs.png"))
+    assert dump(path) == after_writes
