@@ -14,10 +14,10 @@ from .config import get_settings
 from .store import SQLiteStore, Store, open_store
 
 # %% auto #0
-__all__ = ['QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'open_for_reading', 'latest_run', 'when', 'made_by', 'pct', 'money',
-           'num', 'utilization', 'strategy_color', 'recolor', 'tidy', 'show', 'served_report', 'live_sections',
-           'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot', 'live_block', 'live_script',
-           'LiveSnapshots', 'serve']
+__all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'open_for_reading', 'web_app_recompute', 'latest_run',
+           'when', 'made_by', 'pct', 'money', 'num', 'utilization', 'strategy_color', 'recolor', 'tidy', 'show',
+           'served_report', 'live_sections', 'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot',
+           'live_block', 'live_script', 'LiveSnapshots', 'serve']
 
 # %% ../nbs/51_dashboards.ipynb #ad8d925c
 def open_for_reading(store_path=None) -> Store:
@@ -28,6 +28,14 @@ def open_for_reading(store_path=None) -> Store:
         return open_store(store_path)
     path = Path(target) if target else get_settings().store_path
     return open_store(path) if path.exists() else SQLiteStore(":memory:")
+
+# %% ../nbs/51_dashboards.ipynb #a5c5132a
+VOILA_ENV = ("VOILA_SERVER_URL", "VOILA_BASE_URL", "VOILA_REQUEST_URL")
+
+def web_app_recompute(recompute: bool, env: dict | None = None) -> bool:
+    "`recompute`, except False in a kernel started by Voila (any of `VOILA_ENV` set in `env`, default `os.environ`)."
+    env = os.environ if env is None else env
+    return bool(recompute) and not any(env.get(k) for k in VOILA_ENV)
 
 # %% ../nbs/51_dashboards.ipynb #dde7c9cd
 def latest_run(store: Store, job: str, limit: int = 200) -> dict | None:

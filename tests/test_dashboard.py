@@ -305,3 +305,15 @@ def test_a_report_outside_the_served_folder_opens_from_the_overview(populated, t
         assert answer.status == 200 and "Efficient frontier" in page.inner_text("body")
         page.screenshot(path=str(SCREENS / "report-outside-runs.png"))
     assert dump(path) == after_writes
+
+
+def test_an_executed_report_opened_in_the_web_app_only_reads(populated):
+    """Voila serves the executed reports under runs/ too, and they carry papermill's recompute=True: opened in the
+    browser (or heated by Voila's pre-heating), the kernel is Voila's, so the app shows the stored run and writes nothing."""
+    url, path, done = populated
+    before = dump(path)
+    with browser() as page:
+        open_app(page, url, f"runs/{done['portfolio'].folder.name}/portfolio", "text=by run")
+        text = check_page(page)
+    assert done["portfolio"].run_id in text
+    assert dump(path) == before
