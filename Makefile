@@ -50,8 +50,8 @@ bench:  ## benchmarks: the walk-forward optimizations (riskfolio-lib, skfolio, p
 	$(BIN)/python bench/walkforward.py
 	$(BIN)/python bench/backtest.py
 
-dashboard:  ## serve reports/ as read-only Voila apps on http://127.0.0.1:8866 (the overview: /voila/render/dashboard.ipynb)
-	$(BIN)/voila reports/ --no-browser --port=8866 --Voila.ip=127.0.0.1
+dashboard:  ## serve reports/ as read-only Voila apps on http://127.0.0.1:8866 (the overview: /voila/render/dashboard.ipynb), the overview kept live
+	$(BIN)/python -m portopt.dashboards --port 8866
 
 lab:  ## JupyterLab on the project, with nbdev's git hooks so saved notebooks stay clean
 	$(BIN)/nbdev_install_hooks

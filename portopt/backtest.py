@@ -188,11 +188,13 @@ class BacktestResult:
 
     def metrics(self, benchmark: pd.Series | None = None) -> dict:
         """`portopt.metrics.performance` of the returns (against `benchmark` returns when given), plus the
-        number of trades, mean turnover and total costs and impact (sums of per-trade fractions of value),
+        number of trades, mean turnover of the rebalancing trades (the first trade, which buys the initial portfolio
+        from cash, is not a rebalance: a strategy that never rebalances has 0), and total costs and impact (sums of
+        per-trade fractions of value, the initial purchase included),
         the number of failed optimizations and the probabilistic Sharpe ratio (per-period Sharpe > 0)."""
         m = performance(self.returns, periods_per_year=self.periods_per_year,
                         risk_free_rate=self.config.get("risk_free_rate", 0.0), benchmark=benchmark)
-        return dict(m, rebalances=len(self.weights), mean_turnover=float(self.turnover.mean()) if len(self.turnover) else 0.0,
+        return dict(m, rebalances=len(self.weights), mean_turnover=float(self.turnover.iloc[1:].mean()) if len(self.turnover) > 1 else 0.0,
                     total_costs=float(self.costs.sum()),
                     total_impact=float(self.impact.sum()) if self.impact is not None and len(self.impact) else 0.0,
                     failures=int(len(self.failures)), psr=probabilistic_sharpe_ratio(self.returns))

@@ -14,8 +14,10 @@ from .config import get_settings
 from .store import SQLiteStore, Store, open_store
 
 # %% auto #0
-__all__ = ['QUOTE', 'STRATEGY_COLORS', 'open_for_reading', 'latest_run', 'when', 'made_by', 'pct', 'money', 'num', 'utilization',
-           'strategy_color', 'recolor', 'tidy', 'show']
+__all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'open_for_reading', 'web_app_recompute', 'latest_run',
+           'when', 'made_by', 'pct', 'money', 'num', 'utilization', 'strategy_color', 'recolor', 'tidy', 'show',
+           'served_report', 'live_sections', 'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot',
+           'live_block', 'live_script', 'LiveSnapshots', 'serve']
 
 # %% ../nbs/51_dashboards.ipynb #ad8d925c
 def open_for_reading(store_path=None) -> Store:
@@ -26,6 +28,14 @@ def open_for_reading(store_path=None) -> Store:
         return open_store(store_path)
     path = Path(target) if target else get_settings().store_path
     return open_store(path) if path.exists() else SQLiteStore(":memory:")
+
+# %% ../nbs/51_dashboards.ipynb #a5c5132a
+VOILA_ENV = ("VOILA_SERVER_URL", "VOILA_BASE_URL", "VOILA_REQUEST_URL")
+
+def web_app_recompute(recompute: bool, env: dict | None = None) -> bool:
+    "`recompute`, except False in a kernel started by Voila (any of `VOILA_ENV` set in `env`, default `os.environ`)."
+    env = os.environ if env is None else env
+    return bool(recompute) and not any(env.get(k) for k in VOILA_ENV)
 
 # %% ../nbs/51_dashboards.ipynb #dde7c9cd
 def latest_run(store: Store, job: str, limit: int = 200) -> dict | None:
@@ -118,3 +128,239 @@ def show(fig, html: bool = False) -> None:
     import json
     from IPython.display import display
     display({"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": f"<figure: {fig.layout.title.text or ''}>"}, raw=True)
+
+# %% ../nbs/51_dashboards.ipynb #eca55e2e
+import hashlib
+import html as _html
+import json
+import shutil
+import sys
+import threading
+import time
+
+LIVE_SECTIONS = ("portfolios", "runs", "alerts", "trades")
+
+def _table(frame: pd.DataFrame, css: str = "", **kw) -> str:
+    return frame.to_html(classes=f"po-table {css}", border=0, na_rep="", **kw)
+
+def served_report(output_path, job: str, root=None) -> str:
+    """Where Voila serves a run's HTML report, relative to the served folder `root` (default: the settings'
+    `reports_dir`): `runs/<folder>/<job>.html` when the run's folder is inside `root` (Voila refuses files whose
+    real path is outside it, symlinks included), else `live/runs/<folder>/<job>.html`, the copy `LiveSnapshots`
+    keeps there."""
+    root = Path(root or get_settings().reports_dir).resolve()
+    folder = Path(str(output_path)).resolve()
+    if folder.is_relative_to(root):
+        return f"{folder.relative_to(root).as_posix()}/{job}.html"
+    return f"live/runs/{folder.name}/{job}.html"
+
+def _run_link(row) -> str:
+    "A link to the run's HTML report where Voila serves it (`served_report`), wherever PORTOPT_RUNS points."
+    if not row["output_path"] or row["status"] != "succeeded":
+        return ""
+    folder = str(row["output_path"]).rstrip("/").split("/")[-1]
+    href = _html.escape(f"../files/{served_report(row['output_path'], row['job'])}")
+    return f'<a class="po-report" href="{href}" target="_blank">{_html.escape(folder)}</a>'
+
+def live_sections(store: Store) -> dict[str, str]:
+    """The overview's parts that change as the workflow runs, as HTML fragments keyed by `LIVE_SECTIONS`: each
+    portfolio's latest decision and value with its weights against target, recent runs with links to their HTML
+    reports, open alerts, the latest decision's trades. Only reads `store`."""
+    portfolios, runs, alerts = store.read_portfolios(), store.read_runs(limit=20), store.read_alerts()
+    decisions = store.read_reallocations(limit=200)
+    latest = decisions.drop_duplicates("portfolio") if len(decisions) else decisions
+    out = dict.fromkeys(LIVE_SECTIONS, "")
+    if not portfolios.empty:
+        rows = []
+        for name in portfolios["portfolio"]:
+            d = latest[latest["portfolio"] == name] if len(latest) else latest
+            plan = d.iloc[0]["plan"] if len(d) else {}
+            rows.append({"portfolio": name, "decision": d.iloc[0]["status"].replace("_", " ") if len(d) else "none yet",
+                         "as of": when(d.iloc[0]["as_of"]) if len(d) else "", "decided at": when(d.iloc[0]["created_at"]) if len(d) else "",
+                         "value": money(plan.get("nav")), "reason": plan.get("reason", "")})
+        parts = [_table(pd.DataFrame(rows), "po-summary", index=False)]
+        for name, d in (latest.set_index("portfolio").iterrows() if len(latest) else []):
+            pos = pd.DataFrame(d["plan"].get("positions") or [])
+            if len(pos):
+                shown = pd.DataFrame({"asset": pos["asset"], "units": pos["units"].map("{:,.4f}".format),
+                                      "price": pos["price"].map(money), "weight": pos["weight"].map(pct),
+                                      "target weight": pos["target_weight"].map(pct),
+                                      "utilization": [utilization(u, t) for u, t in zip(pos["utilization"], pos["target_weight"])],
+                                      "in band": pos["in_band"].map({True: "yes", False: "no"})})
+                parts.append(f"<b>{_html.escape(str(name))}</b> — weights against target (utilization = weight / target weight):"
+                             + _table(shown, "po-weights", index=False))
+        out["portfolios"] = "".join(parts)
+    if not runs.empty:
+        shown = pd.DataFrame({"job": runs["job"], "trigger": runs["trigger"], "status": runs["status"], "started": runs["started_at"].map(when),
+                              "report": runs.apply(_run_link, axis=1), "error": runs["error"].fillna("").map(_html.escape)})
+        out["runs"] = _table(shown, "po-runs", escape=False, index=False)
+    empty = portfolios.empty and runs.empty
+    out["alerts"] = (_table(pd.DataFrame({"raised": alerts["created_at"].map(when), "portfolio": alerts["portfolio"], "kind": alerts["kind"],
+                                          "message": alerts["message"]}), "po-alerts", index=False) if len(alerts)
+                     else ("" if empty else "<p>No open alerts.</p>"))
+    trades = []
+    for name, d in (latest.set_index("portfolio").iterrows() if len(latest) else []):
+        t = pd.DataFrame(d["plan"].get("trades") or [])
+        if len(t):
+            shown = pd.DataFrame({"asset": t["asset"], "side": t["side"], "units": t["units"].map("{:,.4f}".format),
+                                  "value": t["value"].map(money), "fee": t["fee"].map(money),
+                                  "impact (bps)": t["impact_bps"].map("{:,.1f}".format)})
+            trades.append(f"<b>{_html.escape(str(name))}</b> — trades of the latest decision:" + _table(shown, "po-trades", index=False))
+    out["trades"] = "".join(trades)
+    return out
+
+
+# %% ../nbs/51_dashboards.ipynb #a0b5581a
+def store_key(store_path=None) -> str:
+    """A short stable name for the store the dashboard reads (the resolved SQLite path, or the Supabase URL), so
+    snapshots of two stores served from one `reports/` never mix: 16 hex digits."""
+    target = None if store_path is None else str(store_path)
+    if (target or "").startswith(("http://", "https://")):
+        ident = target
+    elif target is None and os.environ.get("SUPABASE_URL"):
+        ident = os.environ["SUPABASE_URL"]
+    else:
+        ident = str((Path(target) if target else get_settings().store_path).expanduser().resolve())
+    return hashlib.sha1(ident.encode()).hexdigest()[:16]
+
+def live_snapshot(store: Store) -> dict:
+    """The JSON the open overview polls: `{"version", "checked_at", "sections": {name: {"hash", "html"}}}`;
+    `version` changes exactly when a section's HTML does, `checked_at` is when the store was read (ISO, UTC)."""
+    sections = {k: {"hash": hashlib.sha1(v.encode()).hexdigest()[:16], "html": v} for k, v in live_sections(store).items()}
+    version = hashlib.sha1("".join(s["hash"] for s in sections.values()).encode()).hexdigest()[:16]
+    return {"version": version, "checked_at": pd.Timestamp.now(tz="UTC").isoformat(), "sections": sections}
+
+def live_path(root, store_path=None) -> Path:
+    "Where the snapshot of the store at `store_path` lives under the served folder `root`: `root/live/<store_key>.json`."
+    return Path(root) / "live" / f"{store_key(store_path)}.json"
+
+def write_live_snapshot(root, store_path=None) -> Path:
+    """Read the store (never writing it) and replace `live_path(root, store_path)` with its `live_snapshot`,
+    atomically (a reader never sees half a file). Returns the path."""
+    path = live_path(root, store_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = open_for_reading(store_path)
+    try:
+        snap = live_snapshot(store)
+    finally:
+        getattr(store, "close", lambda: None)()
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(snap))
+    os.replace(tmp, path)
+    return path
+
+
+# %% ../nbs/51_dashboards.ipynb #24eff2f5
+def live_block(name: str, html: str) -> str:
+    "A live section of the overview: `html` inside a container the page's script replaces when the snapshot changes."
+    digest = hashlib.sha1(html.encode()).hexdigest()[:16]
+    return f'<div class="po-live" data-section="{name}" data-hash="{digest}">{html}</div>'
+
+def live_script(store_path=None, every: float = 5.0) -> str:
+    """The overview's refresh, as an HTML fragment with a script: every `every` seconds the page fetches its store's
+    snapshot (`../files/live/<store_key>.json`, a static file Voila serves) and replaces the sections whose hash
+    changed, without reloading and without its kernel; a status line says when the store was last read, or that
+    live updates are off (no snapshot is being written)."""
+    url = f"../files/live/{store_key(store_path)}.json"
+    return f"""<p class="po-live-status" style="color:#555;font-size:12px">Live updates: starting…</p>
+<script>
+(function () {{
+  const url = {json.dumps(url)}, every = {float(every) * 1000:.0f};
+  const status = () => document.querySelector('.po-live-status');
+  async function tick() {{
+    try {{
+      const r = await fetch(url + '?t=' + Date.now(), {{cache: 'no-store'}});
+      if (!r.ok) throw new Error(r.status);
+      const snap = await r.json();
+      for (const [name, s] of Object.entries(snap.sections)) {{
+        const el = document.querySelector('.po-live[data-section="' + name + '"]');
+        if (el && el.dataset.hash !== s.hash) {{ el.innerHTML = s.html; el.dataset.hash = s.hash; }}
+      }}
+      const t = new Date(snap.checked_at);
+      status().textContent = 'Live updates: the store was read at ' + t.toISOString().slice(0, 19).replace('T', ' ') +
+        ' UTC; this page refreshes every ' + (every / 1000) + ' s.';
+      window.poLiveVersion = snap.version;
+    }} catch (e) {{
+      status().textContent = 'Live updates are off: this page shows the store as it was when opened (serve the dashboards with make dashboard, which keeps the snapshot current).';
+    }}
+  }}
+  if (!window.poLiveTimer) {{ tick(); window.poLiveTimer = setInterval(tick, every); }}
+}})();
+</script>"""
+
+
+# %% ../nbs/51_dashboards.ipynb #1f75cde4
+class LiveSnapshots:
+    """Keeps the overview's snapshot current while the dashboards are served: a thread that calls
+    `write_live_snapshot(root, store_path)` every `every` seconds (the first one before `__enter__` returns) and
+    removes the snapshot on exit, so an open page then says live updates are off. The store is only read; a failed
+    read is printed to stderr and retried at the next tick (the page shows the time of the last good read)."""
+    def __init__(self, root, store_path=None, every: float = 5.0):
+        self.root, self.store_path, self.every = Path(root), store_path, every
+        self._stop, self._thread = threading.Event(), None
+
+    def mirror_reports(self) -> list[Path]:
+        """Copy the HTML reports of the store's recent succeeded runs whose folders are outside `root` (PORTOPT_RUNS
+        elsewhere) to `root/live/runs/<folder>/<job>.html`, where Voila serves them and the overview links them;
+        a copy is refreshed when its source changes. Returns the paths written."""
+        store, written = open_for_reading(self.store_path), []
+        try:
+            runs = store.read_runs(limit=20)
+        finally:
+            getattr(store, "close", lambda: None)()
+        for _, row in runs.iterrows():
+            if row["status"] != "succeeded" or not row["output_path"]:
+                continue
+            rel = served_report(row["output_path"], row["job"], self.root)
+            source = Path(str(row["output_path"])) / f"{row['job']}.html"
+            if not rel.startswith("live/runs/") or not source.is_file():
+                continue
+            target = self.root / rel
+            if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                written.append(target)
+        return written
+
+    def tick(self) -> None:
+        try:
+            write_live_snapshot(self.root, self.store_path)
+            self.mirror_reports()
+        except Exception as e:  # never silent, never fatal: the page shows how old its data are
+            print(f"portopt dashboards: live snapshot not written: {type(e).__name__}: {e}", file=sys.stderr)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.tick()
+
+    def __enter__(self):
+        self.tick()
+        self._thread = threading.Thread(target=self._loop, name="portopt-live", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+        live_path(self.root, self.store_path).unlink(missing_ok=True)
+
+def serve(root="reports", port: int = 8866, every: float = 5.0) -> int:
+    """`make dashboard`: Voila on http://127.0.0.1:`port` serving `root` (the project's voila.json applies), with
+    `LiveSnapshots` keeping the overview current; returns Voila's exit code (Ctrl-C stops both)."""
+    import subprocess
+    with LiveSnapshots(root, None, every):
+        proc = subprocess.Popen([sys.executable, "-m", "voila", str(root), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"])
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            return proc.wait(timeout=30)
+
+
+if __name__ == "__main__" and "__file__" in globals():  # python -m portopt.dashboards [--port 8866] [--every 5] [ROOT] (not the notebook)
+    import argparse
+    _p = argparse.ArgumentParser(prog="python -m portopt.dashboards", description=serve.__doc__.split(";")[0])
+    _p.add_argument("root", nargs="?", default="reports"); _p.add_argument("--port", type=int, default=8866)
+    _p.add_argument("--every", type=float, default=5.0)
+    _a = _p.parse_args()
+    sys.exit(serve(_a.root, _a.port, _a.every))

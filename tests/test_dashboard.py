@@ -47,18 +47,21 @@ def require(*modules, browser=True):
 
 
 @contextlib.contextmanager
-def voila(store_path: Path, log: Path):
+def voila(store_path: Path, log: Path, extra: tuple = ()):
     """Serve reports/ as `make dashboard` does (the project's voila.json) on a free loopback port; yields the base URL
-    once Voila listens. The server's pid is written beside the log (`.pid`), for counting its kernels."""
+    once Voila listens; `extra`: more Voila options (the benchmark's variants). The server's pid is written beside the log (`.pid`), for counting its kernels."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PORTOPT_STORE=str(store_path))
     env.pop("PORTOPT_RUNS", None)  # report links point into reports/runs, which Voila serves
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "voila", "reports", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"],
+        proc = subprocess.Popen([sys.executable, "-m", "voila", "reports", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", *extra],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     log.with_suffix(".pid").write_text(str(proc.pid))
+    from portopt.dashboards import LiveSnapshots
+    live = LiveSnapshots(ROOT / "reports", store_path, every=1.0)  # as `make dashboard`: the overview's snapshot kept current
+    live.__enter__()
     try:
         deadline = time.time() + 180
         while "Voilà is running at" not in log.read_text():
@@ -66,6 +69,7 @@ def voila(store_path: Path, log: Path):
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"
     finally:
+        live.__exit__(None, None, None)
         proc.terminate()
         proc.wait(timeout=30)
 
@@ -252,3 +256,64 @@ def test_the_overview_always_finishes_through_voilas_executor(populated):
     for nb, _ in runs:  # every run got to the end and drew the charts
         assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in nb.cells[-1].outputs) or \
             any("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_the_open_overview_shows_new_decisions_and_alerts_by_itself(populated):
+    """Live overview: with the page open (no reload, no kernel: Voila culls it), a decision and an alert written through
+    the library appear within the page's refresh interval plus the snapshot's; the page never writes the store."""
+    from portopt.store import SQLiteStore
+    url, path, _ = populated
+    with browser() as page:
+        open_app(page, url, "dashboard", ".po-summary")
+        page.wait_for_selector("text=Live updates: the store was read at", timeout=30_000)
+        page.evaluate("() => { window.poSamePage = 42; }")  # gone if the page reloads
+        with SQLiteStore(path) as st:
+            plan = dict(st.read_reallocations("demo").iloc[0]["plan"])
+            plan["nav"], plan["reason"] = 123456.78, "live-refresh test decision"
+            st.write_reallocation("demo", "2031-01-02", "planned", plan)
+            st.write_alert("drift", "live-refresh test: ETH 6.5% over its band", "demo")
+        after_writes = dump(path)
+        page.wait_for_function("() => document.querySelector('.po-summary') && document.querySelector('.po-summary').innerText.includes('123,456.78 USD')"
+                               " && document.querySelector('.po-alerts') && document.querySelector('.po-alerts').innerText.includes('live-refresh test: ETH')",
+                               timeout=30_000)
+        assert page.evaluate("() => window.poSamePage") == 42  # redrawn in place, not reloaded
+        summary = page.inner_text(".po-summary")
+        assert "planned" in summary and "2031-01-02 00:00 UTC" in summary and "live-refresh test decision" in summary
+        check_page(page)
+        page.screenshot(path=str(SCREENS / "overview-live.png"), full_page=True)
+    assert dump(path) == after_writes  # the open page wrote nothing
+
+
+def test_a_report_outside_the_served_folder_opens_from_the_overview(populated, tmp_path):
+    """PORTOPT_RUNS outside reports/: Voila refuses files whose real path is outside its root (a symlink answers 403),
+    so the overview links the copy that `LiveSnapshots` keeps under reports/live/runs/; the link opens the report."""
+    from portopt.store import SQLiteStore
+    url, path, done = populated
+    outside = tmp_path / "elsewhere" / f"{done['portfolio'].folder.name}-elsewhere"
+    outside.mkdir(parents=True)
+    shutil.copy2(done["portfolio"].html, outside / "portfolio.html")
+    with SQLiteStore(path) as st:
+        st.finish_run(st.start_run("portfolio", {"where": "outside"}), "succeeded", output_path=str(outside))
+    after_writes = dump(path)
+    with browser() as page:
+        open_app(page, url, "dashboard", ".po-summary")
+        link = page.locator("a.po-report", has_text=outside.name)
+        link.wait_for(timeout=30_000)
+        href = link.get_attribute("href")
+        assert href == f"../files/live/runs/{outside.name}/portfolio.html"
+        answer = page.goto(f"{url}/voila/files/live/runs/{outside.name}/portfolio.html", wait_until="load", timeout=60_000)
+        assert answer.status == 200 and "Efficient frontier" in page.inner_text("body")
+        page.screenshot(path=str(SCREENS / "report-outside-runs.png"))
+    assert dump(path) == after_writes
+
+
+def test_an_executed_report_opened_in_the_web_app_only_reads(populated):
+    """Voila serves the executed reports under runs/ too, and they carry papermill's recompute=True: opened in the
+    browser (or heated by Voila's pre-heating), the kernel is Voila's, so the app shows the stored run and writes nothing."""
+    url, path, done = populated
+    before = dump(path)
+    with browser() as page:
+        open_app(page, url, f"runs/{done['portfolio'].folder.name}/portfolio", "text=by run")
+        text = check_page(page)
+    assert done["portfolio"].run_id in text
+    assert dump(path) == before
