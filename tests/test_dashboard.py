@@ -86,7 +86,11 @@ def browser():
 
 
 def check_page(page):
-    "No Python error, no number in scientific notation in any table cell, nothing addressed to developers."
+    """No Python error, no number in scientific notation in any table cell, nothing addressed to developers.
+
+    Voila 0.5 renders outputs in the browser (JupyterLab's renderers) after it reveals the cells, so the first table
+    can land a moment after the text the caller waited for: wait for it before reading the page."""
+    page.wait_for_selector("td", timeout=60_000)
     text = page.inner_text("body")
     assert "Traceback" not in text and not re.search(r"\b\w+Error:", text), text[:2000]
     assert "Error displaying widget" not in text
