@@ -373,8 +373,8 @@ def data_(json_: JsonOpt = False, store: StoreOpt = None):
     "List the prices the store holds: one row per source and asset with first, last, rows and bar frequency."
     with open_store(store) as st:
         cov = st.price_coverage()
-        freq = [frequency_label(st.read_prices([a], source=s).dropna(how="all").index)
-                for s, a in zip(cov["source"], cov["asset"])] if len(cov) else []
+        wide = {s: st.read_prices(source=s) for s in cov["source"].unique()}  # one read per source, not per asset
+        freq = [frequency_label(wide[s][a].dropna().index) for s, a in zip(cov["source"], cov["asset"])]
     rows = [dict(source=s, asset=a, first=pd.Timestamp(f).strftime("%Y-%m-%dT%H:%M:%SZ"),
                  last=pd.Timestamp(l).strftime("%Y-%m-%dT%H:%M:%SZ"), rows=int(n), frequency=q)
             for (s, a, f, l, n), q in zip(cov[["source", "asset", "first", "last", "prices"]].itertuples(index=False), freq)]
