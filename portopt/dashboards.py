@@ -15,8 +15,8 @@ from .store import SQLiteStore, Store, open_store
 
 # %% auto #0
 __all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'open_for_reading', 'web_app_recompute', 'latest_run',
-           'when', 'made_by', 'pct', 'money', 'num', 'utilization', 'strategy_color', 'recolor', 'tidy', 'show',
-           'served_report', 'live_sections', 'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot',
+           'shown_run', 'when', 'made_by', 'pct', 'money', 'num', 'utilization', 'strategy_color', 'recolor', 'tidy',
+           'show', 'served_report', 'live_sections', 'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot',
            'live_block', 'live_script', 'LiveSnapshots', 'serve']
 
 # %% ../nbs/51_dashboards.ipynb #ad8d925c
@@ -44,6 +44,19 @@ def latest_run(store: Store, job: str, limit: int = 200) -> dict | None:
     done = runs[(runs["job"] == job) & (runs["status"] == "succeeded")] if len(runs) else runs
     return None if done.empty else done.iloc[0].to_dict()
 
+def shown_run(store: Store, job: str, run_id: str | None = None, limit: int = 1000) -> dict | None:
+    """The run a page shows: run `run_id` when the page is an executed report (papermill set its `run_id`) and the
+    store holds it succeeded among the latest `limit` runs; else the latest succeeded run of `job` (`latest_run`), its
+    dict then carrying `asked` = `run_id` so that `made_by` says the report's own run is not the one shown; None when
+    there is none."""
+    if run_id:
+        runs = store.read_runs(limit=limit)
+        mine = runs[(runs["id"] == run_id) & (runs["status"] == "succeeded")] if len(runs) else runs
+        if len(mine):
+            return mine.iloc[0].to_dict()
+    run = latest_run(store, job, limit)
+    return None if run is None else dict(run, asked=run_id) if run_id else run
+
 def when(t) -> str:
     "A stored timestamp (ISO text or Timestamp; naive means UTC) for a person: to the minute, in UTC; '' for none."
     if t is None or (isinstance(t, str) and not t) or (not isinstance(t, str) and pd.isna(t)):
@@ -54,8 +67,11 @@ def when(t) -> str:
 def made_by(run: dict) -> str:
     "Markdown: when the run finished, which run (id, trigger) and where its HTML report is."
     folder = Path(str(run.get("output_path") or "")).name
+    asked = run.get("asked")
     return (f"Made {when(run.get('finished_at') or run.get('started_at'))} by run `{run['id']}` "
-            f"({run.get('trigger', '')}){f', report folder `{folder}`' if folder else ''}.")
+            f"({run.get('trigger', '')}){f', report folder `{folder}`' if folder else ''}."
+            + (f" This report's own run `{asked}` is not in the store (or did not succeed): the latest run is shown."
+               if asked and asked != run["id"] else ""))
 
 # %% ../nbs/51_dashboards.ipynb #dc330a99
 QUOTE = "USD"

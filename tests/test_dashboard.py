@@ -313,8 +313,14 @@ def test_a_report_outside_the_served_folder_opens_from_the_overview(populated, t
 
 def test_an_executed_report_opened_in_the_web_app_only_reads(populated):
     """Voila serves the executed reports under runs/ too, and they carry papermill's recompute=True: opened in the
-    browser (or heated by Voila's pre-heating), the kernel is Voila's, so the app shows the stored run and writes nothing."""
+    browser (or heated by Voila's pre-heating), the kernel is Voila's, so the app shows the stored run and writes nothing.
+    It shows its own run (papermill's `run_id`), not the latest: a newer run of the same report is recorded first
+    (in CI the test of a report outside runs/ did so, and this page showed that run, which has no tables)."""
+    from portopt.store import SQLiteStore
     url, path, done = populated
+    with SQLiteStore(path) as st:
+        newer = st.start_run("portfolio", {"why": "a later run"})
+        st.finish_run(newer, "succeeded", output_path=str(path.parent / "elsewhere"))
     before = dump(path)
     with browser() as page:
         open_app(page, url, f"runs/{done['portfolio'].folder.name}/portfolio", "text=by run")
