@@ -14,10 +14,11 @@ from .config import get_settings
 from .store import SQLiteStore, Store, open_store
 
 # %% auto #0
-__all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'open_for_reading', 'web_app_recompute', 'latest_run',
-           'shown_run', 'when', 'made_by', 'pct', 'money', 'num', 'utilization', 'strategy_color', 'recolor', 'tidy',
-           'show', 'served_report', 'live_sections', 'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot',
-           'live_block', 'live_script', 'LiveSnapshots', 'serve']
+__all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'LIVE_CHARTS', 'PALETTE', 'open_for_reading',
+           'web_app_recompute', 'latest_run', 'shown_run', 'when', 'made_by', 'pct', 'money', 'num', 'utilization',
+           'strategy_color', 'recolor', 'tidy', 'show', 'served_report', 'live_sections', 'overview_charts',
+           'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot', 'live_block', 'live_script',
+           'LiveSnapshots', 'serve']
 
 # %% ../nbs/51_dashboards.ipynb #ad8d925c
 def open_for_reading(store_path=None) -> Store:
@@ -226,6 +227,118 @@ def live_sections(store: Store) -> dict[str, str]:
     return out
 
 
+# %% ../nbs/51_dashboards.ipynb #6b2d1e8f
+LIVE_CHARTS = ("decisions", "strategies", "performance", "prices")
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+def _menu(fig, labels, groups, fixed=0, title=""):
+    """Client-side dropdown (plotly updatemenus) at the figure's top right, clear of its title: entry i shows the
+    traces of `groups[i]` (indices) and the `fixed` last traces."""
+    n = len(fig.data)
+    buttons = [dict(label=label, method="update",
+                    args=[{"visible": [j in group or j >= n - fixed for j in range(n)]}, {"title.text": f"{label}: {title}"}])
+               for label, group in zip(labels, groups)]
+    fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1, xanchor="right", y=1.22, yanchor="top")],
+                      title=dict(text=f"{labels[0]}: {title}", x=0, xanchor="left"))
+
+def _live(fig, name: str):
+    "The overview's layout for chart `name`, tagged `layout.meta = {po_live: name, po_hash: <hash of the figure>}` for the page's refresh."
+    fig.update_layout(margin=dict(t=90), legend=dict(orientation="h", y=-0.15), meta=None)
+    digest = hashlib.sha1(fig.to_json().encode()).hexdigest()[:16]
+    return fig.update_layout(meta={"po_live": name, "po_hash": digest})
+
+def overview_charts(store: Store, days: int = 180) -> dict:
+    """The overview's charts, as plotly figures keyed by `LIVE_CHARTS` (None where the store holds nothing to draw):
+    `decisions` each portfolio's latest weights against target (fractions of portfolio value, whiskers: its
+    tolerance band; a menu picks the portfolio), `strategies` the latest optimization of each strategy (weights and
+    risk contributions, fractions), `performance` the latest report run's backtests (cumulative return and drawdown,
+    fractions, against the equal-weight benchmark), `prices` the last `days` days of prices rebased to 1. Each is
+    tagged with `layout.meta.po_live`/`po_hash` (see `_live`). Only reads `store`."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    from portopt.metrics import drawdowns
+    from portopt.portfolio import portfolio_settings_from
+    out = dict.fromkeys(LIVE_CHARTS)
+    portfolios, decisions = store.read_portfolios(), store.read_reallocations(limit=200)
+    latest = decisions.drop_duplicates("portfolio") if len(decisions) else decisions
+    if len(latest):
+        band_of = {r["portfolio"]: list(portfolio_settings_from(r["settings"], r["portfolio"]).band) for _, r in portfolios.iterrows()}
+        fig, groups, names = go.Figure(), [], []
+        for name, d in latest.set_index("portfolio").iterrows():
+            pos = pd.DataFrame(d["plan"].get("positions") or [])
+            if pos.empty:
+                continue
+            band, first = band_of.get(name, [0.95, 1.05]), not names
+            fig.add_bar(name="current weight", x=pos["asset"], y=pos["weight"], marker_color=PALETTE[0], visible=first, legendgroup="c")
+            fig.add_bar(name="target weight (whiskers: tolerance band)", x=pos["asset"], y=pos["target_weight"], marker_color=PALETTE[1],
+                        visible=first, legendgroup="t",
+                        error_y=dict(type="data", symmetric=False, array=pos["target_weight"] * (band[1] - 1), arrayminus=pos["target_weight"] * (1 - band[0])))
+            groups.append({len(fig.data) - 2, len(fig.data) - 1}); names.append(name)
+        if names:
+            fig.update_layout(barmode="group", yaxis_tickformat=".0%", yaxis_title="share of portfolio value", xaxis_title="asset", height=400)
+            _menu(fig, names, groups, title="weights against target")
+            out["decisions"] = _live(fig, "decisions")
+    optimizations = store.read_optimizations(limit=500)
+    if not optimizations.empty:
+        latest_opt = optimizations.drop_duplicates("strategy").set_index("strategy").sort_index()
+        names = list(latest_opt.index)
+        first = "max_sharpe" if "max_sharpe" in names else names[0]
+        names = [first] + [n for n in names if n != first]
+        alloc = go.Figure()
+        for name in names:
+            w = pd.Series(latest_opt.loc[name, "weights"], dtype=float)
+            rc = pd.Series(latest_opt.loc[name, "metrics"].get("risk_contributions", {}), dtype=float).reindex(w.index)
+            alloc.add_bar(name="weight", x=list(w.index), y=list(w.values), visible=name == first, marker_color=PALETTE[0])
+            alloc.add_bar(name="risk contribution", x=list(w.index), y=list(rc.fillna(0).values), visible=name == first, marker_color=PALETTE[3])
+        alloc.update_layout(barmode="group", yaxis_tickformat=".0%", yaxis_title="share of portfolio (weight) or of risk", xaxis_title="asset", height=420)
+        _menu(alloc, names, [{2 * i, 2 * i + 1} for i in range(len(names))], title="latest weights and risk contributions")
+        out["strategies"] = _live(alloc, "strategies")
+        backtests = store.read_backtests(limit=200)
+        # the backtests of the latest report run (sweeps record many configurations per strategy, without a run)
+        with_run = backtests["run_id"].dropna() if len(backtests) else pd.Series(dtype=object)
+        chosen = backtests[backtests["run_id"] == with_run.iloc[0]] if len(with_run) else backtests
+        bt = chosen.drop_duplicates("strategy").set_index("strategy") if len(chosen) else chosen
+        tested = [n for n in names if n in bt.index and n != "equal_weight"] or [n for n in names if n in bt.index]
+        if tested:
+            perf = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.08)
+            def lines(r, name, color, dash=None, visible=True):
+                perf.add_scatter(x=r.index, y=(1 + r).cumprod() - 1, name=name, line=dict(color=color, dash=dash), visible=visible,
+                                 legendgroup=name, row=1, col=1)
+                perf.add_scatter(x=r.index, y=drawdowns(r), name=name, line=dict(color=color, dash=dash), visible=visible,
+                                 legendgroup=name, showlegend=False, row=2, col=1)
+            for name in tested:
+                lines(bt.loc[name, "returns"], name, strategy_color(name), visible=name == tested[0])
+            fixed = 0
+            if "equal_weight" in bt.index:  # the benchmark: equal weight through the same engine
+                lines(bt.loc["equal_weight", "returns"], "benchmark (equal weight)", strategy_color("equal_weight"), dash="dot")
+                fixed = 2
+            perf.update_layout(height=540)
+            perf.update_yaxes(tickformat=".0%")
+            perf.update_yaxes(title_text="cumulative return", row=1, col=1)
+            perf.update_yaxes(title_text="drawdown", row=2, col=1)
+            _menu(perf, tested, [{2 * i, 2 * i + 1} for i in range(len(tested))], fixed=fixed,
+                  title="cumulative return and drawdown against the benchmark")
+            out["performance"] = _live(perf, "performance")
+    coverage = store.price_coverage()
+    if len(coverage):
+        prices = store.read_prices(start=pd.Timestamp(coverage["last"].max()) - pd.Timedelta(days=days))  # only the span shown
+        if not prices.empty:
+            shown = {"BTC", "ETH", "SOL"} & set(prices.columns) or set(prices.columns[:3])
+            fig = go.Figure()
+            for i, a in enumerate(prices.columns):
+                s = prices[a].dropna()
+                if len(s):
+                    fig.add_scatter(x=s.index, y=s / s.iloc[0], name=a, line=dict(color=PALETTE[i % len(PALETTE)]),
+                                    visible=True if a in shown else "legendonly")
+            fig.update_layout(title=dict(text=f"Prices since {prices.index[0]:%Y-%m-%d}, rebased to 1 (click an asset in the legend to show or hide it)", x=0),
+                              yaxis_title="price relative to the first day", xaxis_title="date (UTC)", height=420,
+                              xaxis=dict(rangeselector=dict(buttons=[dict(count=30, label="30 days", step="day", stepmode="backward"),
+                                                                     dict(count=90, label="90 days", step="day", stepmode="backward"),
+                                                                     dict(step="all", label=f"{days} days")])))
+            out["prices"] = _live(fig, "prices")
+    return out
+
+
 # %% ../nbs/51_dashboards.ipynb #a0b5581a
 def store_key(store_path=None) -> str:
     """A short stable name for the store the dashboard reads (the resolved SQLite path, or the Supabase URL), so
@@ -239,25 +352,29 @@ def store_key(store_path=None) -> str:
         ident = str((Path(target) if target else get_settings().store_path).expanduser().resolve())
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
-def live_snapshot(store: Store) -> dict:
-    """The JSON the open overview polls: `{"version", "checked_at", "sections": {name: {"hash", "html"}}}`;
-    `version` changes exactly when a section's HTML does, `checked_at` is when the store was read (ISO, UTC)."""
+def live_snapshot(store: Store, days: int = 180) -> dict:
+    """The JSON the open overview polls: `{"version", "checked_at", "sections": {name: {"hash", "html"}},
+    "charts": {name: {"hash", "figure"}}}` (`figure`: plotly's JSON of `overview_charts(store, days)`, charts with
+    nothing to draw left out); `version` changes exactly when a section's HTML or a chart does, `checked_at` is
+    when the store was read (ISO, UTC)."""
     sections = {k: {"hash": hashlib.sha1(v.encode()).hexdigest()[:16], "html": v} for k, v in live_sections(store).items()}
-    version = hashlib.sha1("".join(s["hash"] for s in sections.values()).encode()).hexdigest()[:16]
-    return {"version": version, "checked_at": pd.Timestamp.now(tz="UTC").isoformat(), "sections": sections}
+    charts = {k: {"hash": f.layout.meta["po_hash"], "figure": json.loads(f.to_json())}
+              for k, f in overview_charts(store, days).items() if f is not None}
+    version = hashlib.sha1("".join(s["hash"] for s in [*sections.values(), *charts.values()]).encode()).hexdigest()[:16]
+    return {"version": version, "checked_at": pd.Timestamp.now(tz="UTC").isoformat(), "sections": sections, "charts": charts}
 
 def live_path(root, store_path=None) -> Path:
     "Where the snapshot of the store at `store_path` lives under the served folder `root`: `root/live/<store_key>.json`."
     return Path(root) / "live" / f"{store_key(store_path)}.json"
 
-def write_live_snapshot(root, store_path=None) -> Path:
-    """Read the store (never writing it) and replace `live_path(root, store_path)` with its `live_snapshot`,
-    atomically (a reader never sees half a file). Returns the path."""
+def write_live_snapshot(root, store_path=None, days: int = 180) -> Path:
+    """Read the store (never writing it) and replace `live_path(root, store_path)` with its `live_snapshot` (charts
+    over `days` days of prices: the overview's default), atomically (a reader never sees half a file). Returns the path."""
     path = live_path(root, store_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     store = open_for_reading(store_path)
     try:
-        snap = live_snapshot(store)
+        snap = live_snapshot(store, days)
     finally:
         getattr(store, "close", lambda: None)()
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -274,9 +391,10 @@ def live_block(name: str, html: str) -> str:
 
 def live_script(store_path=None, every: float = 5.0) -> str:
     """The overview's refresh, as an HTML fragment with a script: every `every` seconds the page fetches its store's
-    snapshot (`../files/live/<store_key>.json`, a static file Voila serves) and replaces the sections whose hash
-    changed, without reloading and without its kernel; a status line says when the store was last read, or that
-    live updates are off (no snapshot is being written)."""
+    snapshot (`../files/live/<store_key>.json`, a static file Voila serves), replaces the sections whose hash
+    changed and redraws (`Plotly.react`, the page's own plotly.js) the charts whose `layout.meta.po_hash` differs
+    from the snapshot's, without reloading and without its kernel; a status line says when the store was last read,
+    or that live updates are off (no snapshot is being written)."""
     url = f"../files/live/{store_key(store_path)}.json"
     return f"""<p class="po-live-status" style="color:#555;font-size:12px">Live updates: starting…</p>
 <script>
@@ -291,6 +409,11 @@ def live_script(store_path=None, every: float = 5.0) -> str:
       for (const [name, s] of Object.entries(snap.sections)) {{
         const el = document.querySelector('.po-live[data-section="' + name + '"]');
         if (el && el.dataset.hash !== s.hash) {{ el.innerHTML = s.html; el.dataset.hash = s.hash; }}
+      }}
+      const plots = Array.from(document.querySelectorAll('.js-plotly-plot'));
+      for (const [name, c] of Object.entries(snap.charts || {{}})) {{
+        const el = plots.find(d => d.layout && d.layout.meta && d.layout.meta.po_live === name);
+        if (el && window.Plotly && el.layout.meta.po_hash !== c.hash) {{ await window.Plotly.react(el, c.figure.data, c.figure.layout); }}
       }}
       const t = new Date(snap.checked_at);
       status().textContent = 'Live updates: the store was read at ' + t.toISOString().slice(0, 19).replace('T', ' ') +

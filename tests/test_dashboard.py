@@ -271,15 +271,21 @@ def test_the_open_overview_shows_new_decisions_and_alerts_by_itself(populated):
         open_app(page, url, "dashboard", ".po-summary")
         page.wait_for_selector("text=Live updates: the store was read at", timeout=30_000)
         page.evaluate("() => { window.poSamePage = 42; }")  # gone if the page reloads
+        chart = "() => Array.from(document.querySelectorAll('.js-plotly-plot')).find(d => d.layout && d.layout.meta && d.layout.meta.po_live === 'decisions')"
+        drawn = page.evaluate(f"() => ({chart})().layout.meta.po_hash")
         with SQLiteStore(path) as st:
             plan = dict(st.read_reallocations("demo").iloc[0]["plan"])
             plan["nav"], plan["reason"] = 123456.78, "live-refresh test decision"
+            plan["positions"] = [dict(p, weight=0.4242) if i == 0 else p for i, p in enumerate(plan["positions"])]  # redraws the chart
             st.write_reallocation("demo", "2031-01-02", "planned", plan)
             st.write_alert("drift", "live-refresh test: ETH 6.5% over its band", "demo")
         after_writes = dump(path)
         page.wait_for_function("() => document.querySelector('.po-summary') && document.querySelector('.po-summary').innerText.includes('123,456.78 USD')"
                                " && document.querySelector('.po-alerts') && document.querySelector('.po-alerts').innerText.includes('live-refresh test: ETH')",
                                timeout=30_000)
+        # the weights chart is redrawn too (Plotly.react on the page's own plot): its first bar is the new weight
+        page.wait_for_function(f"() => ({chart})().layout.meta.po_hash !== {drawn!r}", timeout=30_000)
+        assert page.evaluate(f"() => Array.from(({chart})()._fullData[0].y)[0]") == pytest.approx(0.4242)
         assert page.evaluate("() => window.poSamePage") == 42  # redrawn in place, not reloaded
         summary = page.inner_text(".po-summary")
         assert "planned" in summary and "2031-01-02 00:00 UTC" in summary and "live-refresh test decision" in summary
