@@ -89,3 +89,18 @@ def test_jupyterlab_opens_notebooks_unchanged(tmp_path):
             lab.kill()
             lab.wait(30)
     assert {p: p.read_bytes() for p in picks} == before
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "reports").glob("*.ipynb")), ids=lambda p: p.name)
+def test_papermill_reads_every_parameter_of_a_report(path):
+    """`papermill --help-notebook` and parameter inspection skip a line with more than one `=` (a comment such as
+    `# with missing="ffill"` made papermill warn "Unable to parse line" and drop `max_fill`): every assignment of the
+    `parameters` cell must be one papermill reads, with its comment as help."""
+    import ast
+    import papermill
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = [t.id for node in ast.parse("".join(cell["source"])).body if isinstance(node, ast.Assign) for t in node.targets]
+    read = papermill.inspect_notebook(str(path))
+    assert list(read) == names, f"papermill reads {list(read)}, the cell assigns {names}"
+    assert all(p["help"] for p in read.values()), [n for n, p in read.items() if not p["help"]]
