@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import traceback
@@ -137,13 +138,13 @@ class Rebalance:
     alerts: list = field(default_factory=list)
     portfolio_id: str | None = None
 
-def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = None, webhook: str | None = None) -> Rebalance:
+def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = None, webhook: str | None | bool = None) -> Rebalance:
     """Re-optimize `portfolio` on prices known at `as_of` (default: all), store the weights and the reallocation
     decision, raise alerts. Idempotent: the same data gives the same rows. Raises `ConfigError` when the portfolio
     names no assets and holds none, `StoreError` for an unknown portfolio, `OptimizationError` when solvers fail.
-    `webhook`: where new alerts are POSTed (default `$PORTOPT_WEBHOOK`: a secret, so it comes by environment)."""
-    import os
-    webhook = webhook or os.environ.get("PORTOPT_WEBHOOK") or None
+    `webhook`: where new alerts are POSTed (default `$PORTOPT_WEBHOOK`: a secret, so it comes by environment; `False`:
+    not posted here, the caller posts `Rebalance.alerts` once its transaction commits)."""
+    webhook = None if webhook is False else (webhook or os.environ.get("PORTOPT_WEBHOOK") or None)
     row = store.portfolio_row(portfolio)  # a name (within its owner) or an id; every row below carries the id
     pid, portfolio = row["id"], row["portfolio"]
     s = portfolio_settings_from(row["settings"], portfolio)
@@ -339,27 +340,37 @@ class Listener:
                         pass
                 raise
         run_id = run_id or self.store.start_run("rebalance", params, trigger="event")
-        try:
-            rebalance(self.store, portfolio, as_of=as_of, run_id=run_id, webhook=self.webhook)
+        try:  # the results and the run's `succeeded` commit together (SQLite: one transaction; see `Store.atomic`)
+            with self.store.atomic():
+                result = rebalance(self.store, portfolio, as_of=as_of, run_id=run_id, webhook=False)
+                self.store.finish_run(run_id, "succeeded")
         except Exception as e:
             try:
                 self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
             except Exception:  # the store is away: the row stays running and its lease expires
                 pass
             raise
-        self.store.finish_run(run_id, "succeeded")
+        webhook = self.webhook or os.environ.get("PORTOPT_WEBHOOK")
+        if webhook and result.alerts:  # posted once committed: a rolled-back alert is never posted
+            new = self.store.read_alerts()
+            for _, a in new[new["id"].isin(result.alerts)].iterrows():
+                try:
+                    post_webhook(webhook, {"kind": a["kind"], "message": a["message"], "portfolio": a["portfolio"]})
+                except StoreError as e:
+                    log.warning("alert %s stored, not posted: %s", a["id"], e)
         return run_id
 
     def run_unit(self, event_id: int, topic: str | None, portfolio: str, as_of=None, retry_failed: bool = False,
-                 budget_spent: bool = False, name: str | None = None) -> Unit:
+                 budget_spent: bool = False, name: str | None = None, unit: str | None = None) -> Unit:
         """Claim and run the unit (`event_id`, `portfolio`): rebalance at `as_of` with retries and backoff. Bad
         settings or data (`ConfigError`, `DataError`) fail at once. `portfolio`: its id (a name is resolved first);
-        `name`: its name, for the `runs` row and messages. Never raises for the portfolio's own failure; raises
+        `name`: its name, for the `runs` row and messages; `unit`: the unit's key when it has a row already (recovery).
+        Never raises for the portfolio's own failure; raises
         `StoreError` when the store cannot be reached to claim the unit (the event stays pending)."""
         if name is None:
             row = self.store.portfolio_row(portfolio)
             portfolio, name = row["id"], row["portfolio"]
-        unit = f"rebalance:{int(event_id)}:{portfolio}"  # the id: two owners' portfolios of one name are two units
+        unit = unit or f"rebalance:{int(event_id)}:{portfolio}"  # the id: two owners' portfolios of one name are two units
         params = {"portfolio": name, "portfolio_id": portfolio, "as_of": as_of, "event_id": int(event_id), "topic": topic}
         attempts, error, run_id = 0, None, None
         while attempts < self.attempts:
@@ -425,7 +436,7 @@ class Listener:
                     self.store.finish_run(r["id"], "failed", error=f"StoreError: no portfolio {p['portfolio']!r} (deleted)")
                     continue
                 out.append(self.run_unit(p["event_id"], p.get("topic"), pid, p.get("as_of"), retry_failed=True,
-                                         name=p["portfolio"]))
+                                         name=p["portfolio"], unit=r["unit"]))  # its own row (keyed by name before ids)
         return out
 
     # -- one event ----------------------------------------------------------------------------

@@ -392,6 +392,12 @@ class Store(ABC):
                 return None
             raise
 
+    def atomic(self):
+        """A block whose writes are committed together or not at all: `SQLiteStore` runs it as one transaction (writes
+        inside it join it); a store that cannot (Supabase: one request, one transaction) commits each write on its own."""
+        import contextlib
+        return contextlib.nullcontext(self)
+
     def has_prices(self, source: str) -> bool:
         "Whether any price of `source` is stored."
         cov = self.price_coverage()
@@ -588,8 +594,14 @@ class SQLiteStore(Store):
     def _transaction(self):
         store = self
 
-        class _Tx:
+        class _Tx:  # inside an open transaction (`atomic`), a savepoint: the outer transaction decides
+            savepoint = None
+
             def __enter__(self):
+                if store.conn.in_transaction:
+                    self.savepoint = f"sp{id(self)}"
+                    store.conn.execute(f"SAVEPOINT {self.savepoint}")
+                    return store.conn
                 try:
                     store.conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as e:
@@ -599,9 +611,17 @@ class SQLiteStore(Store):
                 return store.conn
 
             def __exit__(self, kind, exc, tb):
-                store.conn.execute("ROLLBACK" if kind else "COMMIT")
+                if self.savepoint:
+                    if kind:
+                        store.conn.execute(f"ROLLBACK TO {self.savepoint}")
+                    store.conn.execute(f"RELEASE {self.savepoint}")
+                else:
+                    store.conn.execute("ROLLBACK" if kind else "COMMIT")
                 return False
         return _Tx()
+
+    def atomic(self):
+        return self._transaction()
 
     def _event(self, conn, topic: str, payload: dict) -> None:
         conn.execute("INSERT INTO events (topic, payload, created_at) VALUES (?, ?, ?)",
