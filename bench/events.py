@@ -133,8 +133,8 @@ def scale(st, days, n: int, owners: int) -> None:
         go.set()
         at = day.replace("+00:00", "Z")
         while True:  # a cheap count (the listeners share these 2 cores): decisions of this event's time
-            r = (st.client.table("reallocations").select("id", count="exact").eq("as_of", at).like("portfolio", "s%")
-                 .limit(1).execute())
+            r = (st.client.table("reallocations").select("id,portfolios!inner(portfolio)", count="exact").eq("as_of", at)
+                 .like("portfolios.portfolio", "s%").limit(1).execute())  # rows carry the portfolio's id: its name by embedding
             if (r.count or 0) >= n:
                 break
             time.sleep(0.5)

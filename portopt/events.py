@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import traceback
@@ -33,12 +34,10 @@ __all__ = ['log', 'PORTFOLIO_DEFAULTS', 'DATA_TOPICS', 'portfolio_settings', 'Al
 PORTFOLIO_DEFAULTS = PortfolioSettings().stored()  # the one place defaults live is PortfolioSettings
 
 def portfolio_settings(store: Store, portfolio: str) -> PortfolioSettings:
-    "The portfolio's validated settings. Raises `StoreError` for an unknown portfolio, `ConfigError` for bad settings."
-    p = store.read_portfolios()
-    row = p[p["portfolio"] == portfolio]
-    if row.empty:
-        raise StoreError(f"no portfolio {portfolio!r}; create it first (portopt portfolio create)")
-    return portfolio_settings_from(row.iloc[0]["settings"], portfolio)
+    """The validated settings of `portfolio` (a name or an id). Raises `StoreError` for an unknown portfolio, `ConfigError`
+    for bad settings."""
+    row = store.portfolio_row(portfolio)
+    return portfolio_settings_from(row["settings"], row["portfolio"])
 
 # %% ../nbs/60_events.ipynb #e25cd35b
 @dataclass(frozen=True)
@@ -52,8 +51,9 @@ def check_alerts(store: Store, portfolio: str, as_of=None, plan: dict | None = N
     """The alerts of `portfolio` at `as_of` (default: the latest data), by its settings (`PORTFOLIO_DEFAULTS`).
     `plan`: a stored reallocation plan (`Reallocation.to_dict()`); its `positions` outside the tolerance band
     raise a drift alert naming the asset furthest from its target."""
-    s = portfolio_settings(store, portfolio)
-    units = store.read_holdings(portfolio, as_of=as_of)
+    row = store.portfolio_row(portfolio)
+    s, pid, portfolio = portfolio_settings_from(row["settings"], row["portfolio"]), row["id"], row["portfolio"]  # messages name it
+    units = store.read_holdings(pid, as_of=as_of)
     assets = sorted(set(s.assets or []) | set(units.index))
     out = []
     off = [p for p in (plan or {}).get("positions") or [] if not p.get("in_band", True)]
@@ -61,14 +61,14 @@ def check_alerts(store: Store, portfolio: str, as_of=None, plan: dict | None = N
         worst = max(off, key=lambda p: abs(p["weight"] - p["target_weight"]) / max(p["target_weight"], 1e-12))  # relative drift
         lo, hi = s.band
         out.append(Alert("drift", f"{portfolio}: {len(off)} asset(s) outside the {lo:.0%}–{hi:.0%} band; {worst['asset']} is at "
-                                  f"{worst['weight']:.1%} against a target of {worst['target_weight']:.1%}", portfolio))
+                                  f"{worst['weight']:.1%} against a target of {worst['target_weight']:.1%}", pid))
     prices = store.read_prices(assets, as_of=as_of, source=s.source) if assets else pd.DataFrame()
     if s.max_drawdown is not None and len(units) and len(prices):
         value = (prices[units.index.intersection(prices.columns)].ffill().iloc[-s.window:] * units).sum(axis=1)
         dd = float((value / value.cummax() - 1).min())
         if dd < -abs(s.max_drawdown):
             out.append(Alert("drawdown", f"{portfolio}: drawdown {dd:.1%} over the last {s.window} periods is beyond "
-                                         f"the limit -{abs(s.max_drawdown):.1%}", portfolio))
+                                         f"the limit -{abs(s.max_drawdown):.1%}", pid))
     for key, metric, worse in (("utilization_cap", "utilization", lambda v, lim: v > lim),
                                ("liquidity_floor", "available_liquidity", lambda v, lim: v < lim)):
         limit = getattr(s, key)
@@ -80,7 +80,7 @@ def check_alerts(store: Store, portfolio: str, as_of=None, plan: dict | None = N
             if worse(v, limit):
                 word = "above the cap" if metric == "utilization" else "below the floor"
                 out.append(Alert(metric if metric == "utilization" else "liquidity",
-                                 f"{portfolio}: {asset} {metric} {v:,.4g} is {word} {limit:,.4g}", portfolio))
+                                 f"{portfolio}: {asset} {metric} {v:,.4g} is {word} {limit:,.4g}", pid))
     if s.stale_after_hours is not None and assets:
         now = to_utc(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC")
         for a in assets:
@@ -88,7 +88,7 @@ def check_alerts(store: Store, portfolio: str, as_of=None, plan: dict | None = N
             if last is None or (now - last) > pd.Timedelta(hours=float(s.stale_after_hours)):
                 out.append(Alert("stale_data", f"{portfolio}: the latest {a} price is "
                                  f"{'missing' if last is None else last.isoformat()} (older than {s.stale_after_hours:g} h "
-                                 f"at {now.isoformat()})", portfolio))
+                                 f"at {now.isoformat()})", pid))
     return out
 
 def post_webhook(url: str, alert: Alert | dict, timeout: float = 10.0, attempts: int = 3) -> int:
@@ -109,16 +109,17 @@ def post_webhook(url: str, alert: Alert | dict, timeout: float = 10.0, attempts:
         raise StoreError(redact(f"webhook {url} refused the alert after {attempts} attempts: {e}")) from None
 
 def raise_alerts(store: Store, alerts: list[Alert], webhook: str | None = None) -> list[int]:
-    """Write each alert that is not already open (same portfolio and kind) to `alerts`; POST the new ones to
+    """Write each alert that is not already open (same portfolio, by id, and kind) to `alerts`; POST the new ones to
     `webhook` when given. Returns the new alert ids."""
     open_ = store.read_alerts()
-    have = {(p, k) for p, k in zip(open_["portfolio"], open_["kind"])}
+    have = {(p if isinstance(p, str) else None, k) for p, k in zip(open_["portfolio_id"], open_["kind"])}
     ids = []
     for a in alerts:
-        if (a.portfolio, a.kind) in have:
+        key = (store.portfolio_id(a.portfolio), a.kind)
+        if key in have:
             continue
-        ids.append(store.write_alert(a.kind, a.message, portfolio=a.portfolio))
-        have.add((a.portfolio, a.kind))
+        ids.append(store.write_alert(a.kind, a.message, portfolio=key[0]))
+        have.add(key)
         if webhook:
             post_webhook(webhook, a)
     return ids
@@ -135,16 +136,19 @@ class Rebalance:
     weights: dict
     plan: dict
     alerts: list = field(default_factory=list)
+    portfolio_id: str | None = None
 
-def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = None, webhook: str | None = None) -> Rebalance:
+def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = None, webhook: str | None | bool = None) -> Rebalance:
     """Re-optimize `portfolio` on prices known at `as_of` (default: all), store the weights and the reallocation
     decision, raise alerts. Idempotent: the same data gives the same rows. Raises `ConfigError` when the portfolio
     names no assets and holds none, `StoreError` for an unknown portfolio, `OptimizationError` when solvers fail.
-    `webhook`: where new alerts are POSTed (default `$PORTOPT_WEBHOOK`: a secret, so it comes by environment)."""
-    import os
-    webhook = webhook or os.environ.get("PORTOPT_WEBHOOK") or None
-    s = portfolio_settings(store, portfolio)
-    units = store.read_holdings(portfolio, as_of=as_of)
+    `webhook`: where new alerts are POSTed (default `$PORTOPT_WEBHOOK`: a secret, so it comes by environment; `False`:
+    not posted here, the caller posts `Rebalance.alerts` once its transaction commits)."""
+    webhook = None if webhook is False else (webhook or os.environ.get("PORTOPT_WEBHOOK") or None)
+    row = store.portfolio_row(portfolio)  # a name (within its owner) or an id; every row below carries the id
+    pid, portfolio = row["id"], row["portfolio"]
+    s = portfolio_settings_from(row["settings"], portfolio)
+    units = store.read_holdings(pid, as_of=as_of)
     assets = list(s.assets or units.index)
     if not assets:
         raise ConfigError(f"portfolio {portfolio!r} has no assets in its settings and holds none; "
@@ -161,39 +165,40 @@ def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = Non
     alloc = optimize(window, s.strategy, periods_per_year=ppy, **s.strategy_params)
     at = to_iso(prices.index[-1] if as_of is None else min(to_utc(as_of), prices.index[-1]))
     oid = store.write_optimization(s.strategy, dict(alloc.params, window=s.window, periods_per_year=ppy, assets=assets),
-                                   alloc.weights, alloc.metrics(), as_of=at, portfolio=portfolio, run_id=run_id)
+                                   alloc.weights, alloc.metrics(), as_of=at, portfolio=pid, run_id=run_id)
     extra = dict(optimization_id=oid, strategy=s.strategy)
     if float(units.sum()) <= 0:
         status, plan = "held", dict(extra, reason="no holdings to reallocate", target=alloc.to_dict())
-        rid = store.write_reallocation(portfolio, at, status, plan)
+        rid = store.write_reallocation(pid, at, status, plan)
     else:
-        status, decision, rid = reallocate_portfolio(store, portfolio, as_of=at, target=alloc, extra=extra)
+        status, decision, rid = reallocate_portfolio(store, pid, as_of=at, target=alloc, extra=extra)
         plan = dict(extra, reason="held by a guard (stale prices or drawdown)") if decision is None else {**decision.to_dict(), "target": alloc.to_dict(), **extra}
-    new = raise_alerts(store, check_alerts(store, portfolio, as_of=as_of, plan=plan), webhook)
-    return Rebalance(portfolio, at, oid, rid, status, {k: float(v) for k, v in alloc.weights.items()}, plan, new)
+    new = raise_alerts(store, check_alerts(store, pid, as_of=as_of, plan=plan), webhook)
+    return Rebalance(portfolio, at, oid, rid, status, {k: float(v) for k, v in alloc.weights.items()}, plan, new, pid)
 
 # %% ../nbs/60_events.ipynb #da34d455
 DATA_TOPICS = ("prices", "market_metrics", "holdings")
 
 def affected_portfolios(store: Store, topic: str, payload) -> list[str]:
-    """The portfolios to rebalance for an event: for `prices`/`market_metrics`, those whose settings' assets or
-    latest holdings include one of the event's `assets`; for `holdings`, the event's portfolio. Raises `DataError`
-    for a payload without what its topic needs."""
+    """The ids of the portfolios to rebalance for an event: for `prices`/`market_metrics`, those whose settings' assets
+    or latest holdings include one of the event's `assets`; for `holdings`, the event's portfolio (none if it was deleted
+    since). Raises `DataError` for a payload without what its topic needs."""
     if not isinstance(payload, dict):
         raise DataError(f"{topic} event: payload {payload!r} is not an object")
     if topic == "holdings":
-        if not isinstance(payload.get("portfolio"), str):
+        if not isinstance(payload.get("portfolio_id") or payload.get("portfolio"), str):
             raise DataError(f"holdings event: payload {payload!r} names no portfolio")
-        return [payload["portfolio"]]
+        pid = store.portfolio_id(payload.get("portfolio_id") or payload["portfolio"], missing_ok=True)  # older events: a name
+        return [] if pid is None else [pid]
     assets = payload.get("assets")
     if not isinstance(assets, list) or not all(isinstance(a, str) for a in assets):
         raise DataError(f"{topic} event: payload {payload!r} has no list of assets")
     out = []
     for _, p in store.read_portfolios().iterrows():
         named = (p["settings"] or {}).get("assets") if isinstance(p["settings"], dict) else None  # raw: bad settings still count
-        mine = set(named if isinstance(named, list) else []) | set(store.read_holdings(p["portfolio"]).index)
+        mine = set(named if isinstance(named, list) else []) | set(store.read_holdings(p["id"]).index)
         if mine & set(assets):
-            out.append(p["portfolio"])
+            out.append(p["id"])
     return out
 
 # %% ../nbs/60_events.ipynb #e31b5b40
@@ -261,6 +266,7 @@ class Unit:
     attempts: int = 0
     run_id: str | None = None
     error: str | None = None
+    portfolio_id: str | None = None
 
 @dataclass
 class Outcome:
@@ -334,31 +340,45 @@ class Listener:
                         pass
                 raise
         run_id = run_id or self.store.start_run("rebalance", params, trigger="event")
-        try:
-            rebalance(self.store, portfolio, as_of=as_of, run_id=run_id, webhook=self.webhook)
+        try:  # the results and the run's `succeeded` commit together (SQLite: one transaction; see `Store.atomic`)
+            with self.store.atomic():
+                result = rebalance(self.store, portfolio, as_of=as_of, run_id=run_id, webhook=False)
+                self.store.finish_run(run_id, "succeeded")
         except Exception as e:
             try:
                 self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
             except Exception:  # the store is away: the row stays running and its lease expires
                 pass
             raise
-        self.store.finish_run(run_id, "succeeded")
+        webhook = self.webhook or os.environ.get("PORTOPT_WEBHOOK")
+        if webhook and result.alerts:  # posted once committed: a rolled-back alert is never posted
+            new = self.store.read_alerts()
+            for _, a in new[new["id"].isin(result.alerts)].iterrows():
+                try:
+                    post_webhook(webhook, {"kind": a["kind"], "message": a["message"], "portfolio": a["portfolio"]})
+                except StoreError as e:
+                    log.warning("alert %s stored, not posted: %s", a["id"], e)
         return run_id
 
     def run_unit(self, event_id: int, topic: str | None, portfolio: str, as_of=None, retry_failed: bool = False,
-                 budget_spent: bool = False) -> Unit:
+                 budget_spent: bool = False, name: str | None = None, unit: str | None = None) -> Unit:
         """Claim and run the unit (`event_id`, `portfolio`): rebalance at `as_of` with retries and backoff. Bad
-        settings or data (`ConfigError`, `DataError`) fail at once. Never raises for the portfolio's own failure;
-        raises `StoreError` when the store cannot be reached to claim the unit (the event stays pending)."""
-        unit = f"rebalance:{int(event_id)}:{portfolio}"
-        params = {"portfolio": portfolio, "as_of": as_of, "event_id": int(event_id), "topic": topic}
+        settings or data (`ConfigError`, `DataError`) fail at once. `portfolio`: its id (a name is resolved first);
+        `name`: its name, for the `runs` row and messages; `unit`: the unit's key when it has a row already (recovery).
+        Never raises for the portfolio's own failure; raises
+        `StoreError` when the store cannot be reached to claim the unit (the event stays pending)."""
+        if name is None:
+            row = self.store.portfolio_row(portfolio)
+            portfolio, name = row["id"], row["portfolio"]
+        unit = unit or f"rebalance:{int(event_id)}:{portfolio}"  # the id: two owners' portfolios of one name are two units
+        params = {"portfolio": name, "portfolio_id": portfolio, "as_of": as_of, "event_id": int(event_id), "topic": topic}
         attempts, error, run_id = 0, None, None
         while attempts < self.attempts:
             claimed = self.store.claim_unit(unit, "rebalance", params, trigger="event", lease_seconds=self.lease,
                                             retry_failed=retry_failed or attempts > 0)
             if claimed is None:
                 status = "skipped" if attempts == 0 else "interrupted"
-                return self._unit(Unit(int(event_id), portfolio, status, attempts, run_id, error))
+                return self._unit(Unit(int(event_id), name, status, attempts, run_id, error, portfolio))
             run_id, attempts = claimed, attempts + 1
             if budget_spent:
                 error = (f"BudgetExceeded: the per-event budget of {self.event_budget:g} s was spent before this portfolio; "
@@ -367,16 +387,17 @@ class Listener:
                 break
             try:
                 self.rebalance_portfolio(portfolio, as_of, run_id=run_id)
-                return self._unit(Unit(int(event_id), portfolio, "succeeded", attempts, run_id))
+                return self._unit(Unit(int(event_id), name, "succeeded", attempts, run_id, portfolio_id=portfolio))
             except Exception as e:
                 error = redact(f"{type(e).__name__}: {e}")
-                if isinstance(e, (ConfigError, DataError)) or "ConfigError" in error or "DataError" in error:
+                if isinstance(e, (ConfigError, DataError)) or "ConfigError" in error or "DataError" in error \
+                        or "no portfolio" in error:  # bad settings or data, or a portfolio deleted since the event
                     break  # bad settings or data (raised here, or inside a report notebook): a retry gives the same answer
                 log.info("portfolio %s (event %s) attempt %d failed: %s", portfolio, event_id, attempts, error)
                 if attempts < self.attempts:
                     time.sleep(min(self.backoff * 2 ** (attempts - 1), 30))
         log.warning("portfolio %s (event %s) failed after %d attempt(s): %s", portfolio, event_id, attempts, error)
-        return self._unit(Unit(int(event_id), portfolio, "failed", attempts, run_id, error))
+        return self._unit(Unit(int(event_id), name, "failed", attempts, run_id, error, portfolio))
 
     def _unit(self, u: Unit) -> Unit:
         self.units.append(u)
@@ -388,9 +409,11 @@ class Listener:
         time. Returns the run ids of the units run here (a failed one included)."""
         as_of = payload.get("end") if isinstance(payload, dict) and topic != "holdings" else None
         started, runs = time.monotonic(), []
-        for p in affected_portfolios(self.store, topic, payload):
+        ids = affected_portfolios(self.store, topic, payload)
+        names = dict(zip(*self.store.read_portfolios()[["id", "portfolio"]].T.values)) if ids else {}
+        for p in ids:
             spent = self.event_budget is not None and time.monotonic() - started > self.event_budget
-            u = self.run_unit(event_id, topic, p, as_of, budget_spent=spent)
+            u = self.run_unit(event_id, topic, p, as_of, budget_spent=spent, name=names.get(p, p))
             if u.run_id and u.status in ("succeeded", "failed"):
                 runs.append(u.run_id)
         return runs
@@ -408,7 +431,12 @@ class Listener:
                 p = r["parameters"] if isinstance(r["parameters"], dict) else json.loads(r["parameters"])
                 if r["job"] != "rebalance" or "portfolio" not in p or "event_id" not in p:
                     continue
-                out.append(self.run_unit(p["event_id"], p.get("topic"), p["portfolio"], p.get("as_of"), retry_failed=True))
+                pid = p.get("portfolio_id") or self.store.portfolio_id(p["portfolio"], missing_ok=True)  # older units: a name
+                if pid is None:  # its portfolio was deleted: nothing to run, the row ends failed with the reason
+                    self.store.finish_run(r["id"], "failed", error=f"StoreError: no portfolio {p['portfolio']!r} (deleted)")
+                    continue
+                out.append(self.run_unit(p["event_id"], p.get("topic"), pid, p.get("as_of"), retry_failed=True,
+                                         name=p["portfolio"], unit=r["unit"]))  # its own row (keyed by name before ids)
         return out
 
     # -- one event ----------------------------------------------------------------------------

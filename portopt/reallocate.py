@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .clean import check_missing, fill_gaps, resolve_frequency, to_utc
-from .config import ConfigError, DataError
+from .config import ConfigError, DataError, StoreError
 from .portfolio import PortfolioSettings, portfolio_settings_from
 
 # %% auto #0
@@ -342,12 +342,16 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
     from portopt.optimize import estimation_window, optimize, portfolio_stats
     if execute not in (None, "paper"):
         raise ConfigError(f"execute={execute!r}: only 'paper' execution exists (no real-money execution)")
-    rows = store.read_portfolios()
-    if portfolio not in set(rows["portfolio"]):
-        raise ConfigError(f"no portfolio {portfolio!r}; known: {sorted(rows['portfolio'])}")
-    ps = portfolio_settings_from(rows.set_index("portfolio").loc[portfolio, "settings"], portfolio)  # validated again on read
+    try:  # a name (within its owner) or an id; every row written below carries the id
+        row = store.portfolio_row(portfolio)
+    except StoreError as e:
+        if not str(e).startswith("no portfolio"):
+            raise
+        raise ConfigError(f"no portfolio {portfolio!r}; known: {sorted(store.read_portfolios()['portfolio'])}") from None
+    pid, portfolio = row["id"], row["portfolio"]
+    ps = portfolio_settings_from(row["settings"], portfolio)  # validated again on read
     settings = ReallocationSettings.from_portfolio(ps, band=band)
-    holdings = store.read_holdings(portfolio, as_of=as_of)
+    holdings = store.read_holdings(pid, as_of=as_of)
     if holdings.empty:
         raise DataError(f"portfolio {portfolio!r} has no holdings up to {as_of or 'now'}; write a snapshot first")
     assets = list(dict.fromkeys(list(ps.assets or []) + list(holdings.index)))
@@ -366,12 +370,12 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
                                                                                for a, t in old.items())
                      + f" at {when:%Y-%m-%d %H:%M}, older than the stale-data limit of {settings.max_price_age}; plan held")
     if guard is None and settings.drawdown_limit is not None:
-        dd = portfolio_drawdown(store, portfolio, holdings, as_of)
+        dd = portfolio_drawdown(store, pid, holdings, as_of)
         if dd <= -settings.drawdown_limit:
             guard = ("drawdown", f"{portfolio}: drawdown {dd:.1%} beyond the limit of {settings.drawdown_limit:.0%}; plan held")
     if guard:
-        store.write_alert(guard[0], guard[1], portfolio)
-        return "held", None, store.write_reallocation(portfolio, when, "held", dict(extra or {}, reason=guard[1], **used))
+        store.write_alert(guard[0], guard[1], pid)
+        return "held", None, store.write_reallocation(pid, when, "held", dict(extra or {}, reason=guard[1], **used))
     window = ps.window
     prices = read_recent_prices(store, assets, when, 2 * window * 366 / (ps.periods_per_year or 252) + 30,  # a read span, with a margin
                                 lambda p: len(p) > window, ps.source)
@@ -394,10 +398,10 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
         fills = paper_fills(decision)
         new_units = holdings.add(fills["units"], fill_value=0.0)
         new_units[settings.cash] = new_units.get(settings.cash, 0.0) - float(fills["cash"].sum())
-        store.write_holdings(portfolio, new_units.clip(lower=0.0), when + pd.Timedelta(seconds=1), source="paper")
+        store.write_holdings(pid, new_units.clip(lower=0.0), when + pd.Timedelta(seconds=1), source="paper")
         plan["fills"] = fills.reset_index().to_dict(orient="records")
-        return "executed", decision, store.write_reallocation(portfolio, when, "executed", plan)
-    return decision.status, decision, store.write_reallocation(portfolio, when, decision.status, plan)
+        return "executed", decision, store.write_reallocation(pid, when, "executed", plan)
+    return decision.status, decision, store.write_reallocation(pid, when, decision.status, plan)
 
 def paper_fills(decision: Reallocation) -> pd.DataFrame:
     "Fills of a planned decision at impact-adjusted prices: units, fill price, and the cash each trade uses (fees included)."

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -70,6 +71,64 @@ CREATE TABLE alerts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, portfolio TEXT, kind TEXT NOT NULL, message TEXT NOT NULL,
     created_at TEXT NOT NULL, resolved_at TEXT);
 """
+_UUID_SQL = ("lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + abs(random()) % 4, 1) || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6)))")
+_V5 = f"""CREATE TABLE portfolios_new (
+    portfolio TEXT NOT NULL, owner TEXT, quote TEXT NOT NULL DEFAULT 'USD', wallet TEXT,
+    settings TEXT NOT NULL DEFAULT '{{}}', created_at TEXT NOT NULL, id TEXT PRIMARY KEY NOT NULL DEFAULT ({_UUID_SQL}));
+INSERT INTO portfolios_new SELECT portfolio, owner, quote, wallet, settings, created_at, {_UUID_SQL} FROM portfolios;
+INSERT INTO runs (id, job, trigger, parameters, status, started_at, finished_at)
+SELECT 'migration:5', 'migrate', 'migration',
+    json_object('version', 5, 'dropped', json_object('holdings', h, 'optimizations', o, 'reallocations', r, 'alerts', a),
+        'reason', 'rows naming a portfolio that is not stored (a deleted one) are dropped: a re-created name must not see them'),
+    'succeeded', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+FROM (SELECT (SELECT count(*) FROM holdings WHERE portfolio NOT IN (SELECT portfolio FROM portfolios)) AS h,
+             (SELECT count(*) FROM optimizations WHERE portfolio NOT IN (SELECT portfolio FROM portfolios)) AS o,
+             (SELECT count(*) FROM reallocations WHERE portfolio NOT IN (SELECT portfolio FROM portfolios)) AS r,
+             (SELECT count(*) FROM alerts WHERE portfolio NOT IN (SELECT portfolio FROM portfolios)) AS a)
+WHERE h + o + r + a > 0;
+CREATE TABLE holdings_new (
+    asset TEXT NOT NULL, ts TEXT NOT NULL, units REAL NOT NULL, source TEXT NOT NULL DEFAULT 'manual', recorded_at TEXT NOT NULL,
+    portfolio_id TEXT NOT NULL REFERENCES portfolios_new(id) ON DELETE CASCADE,
+    PRIMARY KEY (portfolio_id, asset, ts)) WITHOUT ROWID;
+INSERT INTO holdings_new SELECT h.asset, h.ts, h.units, h.source, h.recorded_at, p.id
+    FROM holdings h JOIN portfolios_new p ON p.portfolio = h.portfolio;
+CREATE TABLE optimizations_new (
+    id TEXT PRIMARY KEY, strategy TEXT NOT NULL, params TEXT NOT NULL, as_of TEXT,
+    weights TEXT NOT NULL, metrics TEXT NOT NULL, run_id TEXT, created_at TEXT NOT NULL,
+    portfolio_id TEXT REFERENCES portfolios_new(id) ON DELETE CASCADE);
+INSERT INTO optimizations_new SELECT o.id, o.strategy, o.params, o.as_of, o.weights, o.metrics, o.run_id, o.created_at, p.id
+    FROM optimizations o LEFT JOIN portfolios_new p ON p.portfolio = o.portfolio WHERE o.portfolio IS NULL OR p.id IS NOT NULL;
+CREATE TABLE reallocations_new (
+    id TEXT PRIMARY KEY, as_of TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('none_needed', 'planned', 'failed_liquidity', 'held', 'executed')),
+    plan TEXT NOT NULL, created_at TEXT NOT NULL,
+    portfolio_id TEXT NOT NULL REFERENCES portfolios_new(id) ON DELETE CASCADE);
+INSERT INTO reallocations_new SELECT r.id, r.as_of, r.status, r.plan, r.created_at, p.id
+    FROM reallocations r JOIN portfolios_new p ON p.portfolio = r.portfolio;
+CREATE TABLE alerts_new (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, message TEXT NOT NULL, created_at TEXT NOT NULL, resolved_at TEXT,
+    portfolio_id TEXT REFERENCES portfolios_new(id) ON DELETE CASCADE);
+INSERT INTO alerts_new SELECT a.id, a.kind, a.message, a.created_at, a.resolved_at, p.id
+    FROM alerts a LEFT JOIN portfolios_new p ON p.portfolio = a.portfolio WHERE a.portfolio IS NULL OR p.id IS NOT NULL;
+ALTER TABLE backtests ADD COLUMN portfolio_id TEXT REFERENCES portfolios_new(id) ON DELETE CASCADE;
+UPDATE backtests SET portfolio_id = (SELECT p.id FROM portfolios_new p WHERE p.portfolio = json_extract(backtests.config, '$.portfolio'));
+DROP TABLE holdings;
+DROP TABLE optimizations;
+DROP TABLE reallocations;
+DROP TABLE alerts;
+DROP TABLE portfolios;
+ALTER TABLE portfolios_new RENAME TO portfolios;
+ALTER TABLE holdings_new RENAME TO holdings;
+ALTER TABLE optimizations_new RENAME TO optimizations;
+ALTER TABLE reallocations_new RENAME TO reallocations;
+ALTER TABLE alerts_new RENAME TO alerts;
+CREATE UNIQUE INDEX portfolios_owner_name ON portfolios (coalesce(owner, ''), portfolio);
+CREATE INDEX holdings_ts ON holdings (portfolio_id, ts);
+CREATE INDEX optimizations_strategy ON optimizations (strategy, as_of);
+CREATE INDEX optimizations_portfolio ON optimizations (portfolio_id, created_at);
+CREATE INDEX reallocations_portfolio ON reallocations (portfolio_id, as_of);
+CREATE INDEX alerts_portfolio ON alerts (portfolio_id);
+CREATE INDEX backtests_portfolio ON backtests (portfolio_id)"""
 MIGRATIONS = [  # (version, SQL): append, never edit a released one
     (1, SCHEMA_V1),
     # 2: a backtest's full record (`BacktestResult.to_dict()`: weights of each rebalance, config as run), and an
@@ -82,6 +141,12 @@ CREATE INDEX backtests_data_hash ON backtests (json_extract(config, '$.data_hash
 ALTER TABLE runs ADD COLUMN lease_until TEXT;
 ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 CREATE UNIQUE INDEX runs_unit ON runs (unit)"""),
+    # 5: identity, not names (issue 14): a portfolio has an immutable id (a text uuid) and its name is unique per owner;
+    # holdings, optimizations, reallocations, alerts and backtests reference the id, ON DELETE CASCADE, so a deleted
+    # portfolio's rows go with it and a re-created name starts empty. Rows are attached by the name they carried;
+    # rows naming no stored portfolio (left by a deleted one) are dropped, counted in a `runs` row (job `migrate`);
+    # a backtest whose config names no stored portfolio is kept, attached to none.
+    (5, _V5),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 TABLES = ("assets", "prices", "market_metrics", "portfolios", "holdings", "optimizations",
@@ -99,6 +164,12 @@ def to_iso(t) -> str:
 def content_id(*parts) -> str:
     "A stable id for a record: the SHA-256 (first 24 hex digits) of its parts as canonical JSON."
     return hashlib.sha256(to_json(parts).encode()).hexdigest()[:24]
+
+def _backtest_id(strategy: str, config: dict, portfolio_id: str | None = None) -> str:
+    "A backtest's id: `content_id(\"backtest\", strategy, config)`, and the portfolio's id when it belongs to one."
+    return content_id("backtest", strategy, config) if portfolio_id is None else content_id("backtest", strategy, config, portfolio_id)
+
+_NAME = "(SELECT p.portfolio FROM portfolios p WHERE p.id = portfolio_id) AS portfolio"  # a row's portfolio name, for reading
 
 def _json_default(x):
     if isinstance(x, (pd.Timestamp, datetime)):
@@ -232,11 +303,12 @@ class Store(ABC):
     @abstractmethod
     def upsert_portfolio(self, portfolio: str, owner: str | None = None, quote: str = "USD",
                          wallet: str | None = None, settings: dict | None = None) -> None:
-        "Create or update a portfolio (its natural key is its name); `settings` is a JSON-ready dict."
+        """Create or update a portfolio: its name is unique per owner (`owner`, or the signed-in user on Supabase); a new
+        one gets an immutable id (a uuid), which every row it owns references. `settings` is a JSON-ready dict."""
 
     @abstractmethod
     def read_portfolios(self) -> pd.DataFrame:
-        "One row per portfolio: portfolio, owner, quote, wallet, settings (a dict), created_at."
+        "One row per portfolio: portfolio (its name), owner, quote, wallet, settings (a dict), created_at, id."
 
     @abstractmethod
     def write_holdings(self, portfolio: str, units: pd.Series, ts, source: str = "manual") -> WriteResult:
@@ -272,9 +344,9 @@ class Store(ABC):
 
     @abstractmethod
     def delete_portfolio(self, portfolio: str) -> int:
-        """Delete a portfolio with everything it owns (holdings, optimizations, reallocations, alerts, and the
-        backtests whose config names it), in one transaction; returns the rows deleted. Raises `StoreError` for an
-        unknown portfolio."""
+        """Delete a portfolio (a name or an id) with everything it owns (holdings, optimizations, reallocations, alerts,
+        backtests: every row referencing its id, by `ON DELETE CASCADE`), in one transaction; returns the rows deleted.
+        A portfolio created later under the same name starts empty. Raises `StoreError` for an unknown portfolio."""
 
     @abstractmethod
     def claim_unit(self, unit: str, job: str, parameters: dict, trigger: str = "event", lease_seconds: float = 300.0,
@@ -293,6 +365,38 @@ class Store(ABC):
     @abstractmethod
     def mark_events_consumed(self, ids) -> int:
         "Mark outbox rows consumed (a listener has handled them); returns how many changed."
+
+    def portfolio_row(self, portfolio: str) -> dict:
+        """The stored portfolio `portfolio` names: its id, or its name among the portfolios this store sees (one owner's
+        under row-level security; in a shared store a name held by several owners must be given by id). A dict of
+        `read_portfolios`' columns. Raises `StoreError` for an unknown or ambiguous name."""
+        rows = self.read_portfolios()
+        hit = rows[rows["id"] == portfolio]
+        if hit.empty:
+            hit = rows[rows["portfolio"] == portfolio]
+        if hit.empty:
+            raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio or portopt portfolio create)")
+        if len(hit) > 1:
+            raise StoreError(f"portfolio name {portfolio!r} is held by {len(hit)} owners in this store; pass its id "
+                             f"({', '.join(hit['id'])})")
+        return hit.iloc[0].to_dict()
+
+    def portfolio_id(self, portfolio: str | None, missing_ok: bool = False) -> str | None:
+        "The immutable id of `portfolio` (a name or an id, as `portfolio_row`); `None` for `None`, or when unknown and `missing_ok`."
+        if portfolio is None:
+            return None
+        try:
+            return self.portfolio_row(portfolio)["id"]
+        except StoreError as e:
+            if missing_ok and str(e).startswith("no portfolio"):
+                return None
+            raise
+
+    def atomic(self):
+        """A block whose writes are committed together or not at all: `SQLiteStore` runs it as one transaction (writes
+        inside it join it); a store that cannot (Supabase: one request, one transaction) commits each write on its own."""
+        import contextlib
+        return contextlib.nullcontext(self)
 
     def has_prices(self, source: str) -> bool:
         "Whether any price of `source` is stored."
@@ -490,8 +594,14 @@ class SQLiteStore(Store):
     def _transaction(self):
         store = self
 
-        class _Tx:
+        class _Tx:  # inside an open transaction (`atomic`), a savepoint: the outer transaction decides
+            savepoint = None
+
             def __enter__(self):
+                if store.conn.in_transaction:
+                    self.savepoint = f"sp{id(self)}"
+                    store.conn.execute(f"SAVEPOINT {self.savepoint}")
+                    return store.conn
                 try:
                     store.conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as e:
@@ -501,9 +611,17 @@ class SQLiteStore(Store):
                 return store.conn
 
             def __exit__(self, kind, exc, tb):
-                store.conn.execute("ROLLBACK" if kind else "COMMIT")
+                if self.savepoint:
+                    if kind:
+                        store.conn.execute(f"ROLLBACK TO {self.savepoint}")
+                    store.conn.execute(f"RELEASE {self.savepoint}")
+                else:
+                    store.conn.execute("ROLLBACK" if kind else "COMMIT")
                 return False
         return _Tx()
+
+    def atomic(self):
+        return self._transaction()
 
     def _event(self, conn, topic: str, payload: dict) -> None:
         conn.execute("INSERT INTO events (topic, payload, created_at) VALUES (?, ?, ?)",
@@ -572,38 +690,41 @@ class SQLiteStore(Store):
     # -- results --------------------------------------------------------------------------
     def write_optimization(self, strategy, params, weights, metrics, as_of=None, portfolio=None, run_id=None):
         as_of = None if as_of is None else to_iso(as_of)
-        oid = content_id("optimization", portfolio, strategy, params, as_of, sorted(weights.index))
         with self._transaction() as conn:
-            conn.execute("""INSERT INTO optimizations (id, portfolio, strategy, params, as_of, weights, metrics, run_id, created_at)
+            pid = self._pid(conn, portfolio)
+            oid = content_id("optimization", pid, strategy, params, as_of, sorted(weights.index))
+            conn.execute("""INSERT INTO optimizations (id, portfolio_id, strategy, params, as_of, weights, metrics, run_id, created_at)
                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                             ON CONFLICT (id) DO UPDATE SET weights = excluded.weights, metrics = excluded.metrics,
                                 run_id = excluded.run_id, created_at = excluded.created_at
                             WHERE optimizations.weights IS NOT excluded.weights OR optimizations.metrics IS NOT excluded.metrics""",
-                         (oid, portfolio, strategy, to_json(params), as_of,
+                         (oid, pid, strategy, to_json(params), as_of,
                           to_json({k: float(v) for k, v in weights.items()}), to_json(metrics),
                           run_id, utc_now()))
         return oid
 
     def read_optimizations(self, strategy=None, limit=100):
-        sql = "SELECT * FROM optimizations" + (" WHERE strategy = ?" if strategy else "") + " ORDER BY created_at DESC LIMIT ?"
+        sql = (f"SELECT o.*, {_NAME} FROM optimizations o" + (" WHERE strategy = ?" if strategy else "")
+               + " ORDER BY created_at DESC LIMIT ?")
         out = pd.read_sql_query(sql, self.conn, params=([strategy] if strategy else []) + [limit])
         for col in ("params", "weights", "metrics"):
             out[col] = out[col].map(json.loads)
         return out
 
     def write_backtest(self, strategy, config, metrics, returns, run_id=None, detail=None):
-        bid = content_id("backtest", strategy, config)
         series = {to_iso(t): float(v) for t, v in returns.items()}
         with self._transaction() as conn:
-            conn.execute("""INSERT INTO backtests (id, strategy, config, metrics, returns, run_id, created_at, detail)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            pid = self._pid(conn, (config or {}).get("portfolio"))
+            bid = _backtest_id(strategy, config, pid)
+            conn.execute("""INSERT INTO backtests (id, strategy, config, metrics, returns, run_id, created_at, detail, portfolio_id)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                             ON CONFLICT (id) DO UPDATE SET metrics = excluded.metrics, returns = excluded.returns,
                                 run_id = excluded.run_id, created_at = excluded.created_at,
                                 detail = coalesce(excluded.detail, backtests.detail)
                             WHERE backtests.metrics IS NOT excluded.metrics OR backtests.returns IS NOT excluded.returns
                                OR (excluded.detail IS NOT NULL AND backtests.detail IS NOT excluded.detail)""",
                          (bid, strategy, to_json(config), to_json(metrics),
-                          to_json(series), run_id, utc_now(), None if detail is None else to_json(detail)))
+                          to_json(series), run_id, utc_now(), None if detail is None else to_json(detail), pid))
         return bid
 
     def read_backtests(self, strategy=None, limit=100, data_hash=None):
@@ -612,7 +733,7 @@ class SQLiteStore(Store):
             where.append("strategy = ?"); args.append(strategy)
         if data_hash is not None:
             where.append("json_extract(config, '$.data_hash') = ?"); args.append(data_hash)
-        out = pd.read_sql_query(f"""SELECT id, strategy, config, metrics, returns, run_id, created_at FROM backtests
+        out = pd.read_sql_query(f"""SELECT id, strategy, config, metrics, returns, run_id, created_at, portfolio_id FROM backtests
                                     WHERE {' AND '.join(where)} ORDER BY created_at DESC, id LIMIT ?""",
                                 self.conn, params=args + [-1 if limit is None else int(limit)])
         out["config"] = out["config"].map(json.loads)
@@ -669,51 +790,79 @@ class SQLiteStore(Store):
         if not portfolio or not str(portfolio).strip():
             raise ConfigError("a portfolio needs a name")
         portfolio_settings_from(settings, portfolio)  # refused before anything is written
-        with self._transaction() as conn:
-            conn.execute("""INSERT INTO portfolios (portfolio, owner, quote, wallet, settings, created_at)
-                            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (portfolio) DO UPDATE SET owner = excluded.owner,
-                            quote = excluded.quote, wallet = excluded.wallet, settings = excluded.settings""",
-                         (portfolio, owner, quote, wallet, to_json(settings or {}), utc_now()))
+        with self._transaction() as conn:  # the name is unique per owner: an update keeps the id
+            row = conn.execute("SELECT id FROM portfolios WHERE portfolio = ? AND coalesce(owner, '') = coalesce(?, '')",
+                               (portfolio, owner)).fetchone()
+            if row is not None:
+                conn.execute("UPDATE portfolios SET quote = ?, wallet = ?, settings = ? WHERE id = ?",
+                             (quote, wallet, to_json(settings or {}), row[0]))
+            else:
+                conn.execute("""INSERT INTO portfolios (portfolio, owner, quote, wallet, settings, created_at, id)
+                                VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                             (portfolio, owner, quote, wallet, to_json(settings or {}), utc_now(), str(uuid.uuid4())))
+
+    def _pid(self, conn, portfolio, missing_ok: bool = False):
+        "The id of `portfolio` (a name or an id) read on `conn` (inside the caller's transaction); `None` for `None`."
+        if portfolio is None:
+            return None
+        rows = conn.execute("SELECT id FROM portfolios WHERE id = ?", (portfolio,)).fetchall() or \
+            conn.execute("SELECT id FROM portfolios WHERE portfolio = ?", (portfolio,)).fetchall()
+        if not rows:
+            if missing_ok:
+                return None
+            raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio or portopt portfolio create)")
+        if len(rows) > 1:
+            raise StoreError(f"portfolio name {portfolio!r} is held by {len(rows)} owners in {self.path}; pass its id "
+                             f"({', '.join(r[0] for r in rows)})")
+        return rows[0][0]
+
+    def portfolio_row(self, portfolio):
+        pid = self._pid(self.conn, portfolio)
+        out = pd.read_sql_query("SELECT * FROM portfolios WHERE id = ?", self.conn, params=[pid])
+        out["settings"] = out["settings"].map(json.loads)
+        return out.iloc[0].to_dict()
 
     def read_portfolios(self):
-        out = pd.read_sql_query("SELECT * FROM portfolios ORDER BY portfolio", self.conn)
+        out = pd.read_sql_query("SELECT * FROM portfolios ORDER BY portfolio, created_at", self.conn)
         out["settings"] = out["settings"].map(json.loads)
         return out
 
     def write_holdings(self, portfolio, units, ts, source="manual"):
         u = validate_units(units, f"holdings of {portfolio}")
         now, at = utc_now(), to_iso(ts)
-        rows = [(portfolio, str(a), at, float(v), source, now) for a, v in u.items()]
         with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM portfolios WHERE portfolio = ?", (portfolio,)).fetchone() is None:
-                raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio)")
-            result = _counted_upsert(conn, """INSERT INTO holdings (portfolio, asset, ts, units, source, recorded_at) VALUES (?, ?, ?, ?, ?, ?)
-                                ON CONFLICT (portfolio, asset, ts) DO UPDATE SET units = excluded.units, source = excluded.source,
+            pid = self._pid(conn, portfolio)
+            name = conn.execute("SELECT portfolio FROM portfolios WHERE id = ?", (pid,)).fetchone()[0]
+            rows = [(pid, str(a), at, float(v), source, now) for a, v in u.items()]
+            result = _counted_upsert(conn, """INSERT INTO holdings (portfolio_id, asset, ts, units, source, recorded_at) VALUES (?, ?, ?, ?, ?, ?)
+                                ON CONFLICT (portfolio_id, asset, ts) DO UPDATE SET units = excluded.units, source = excluded.source,
                                 recorded_at = excluded.recorded_at
                                 WHERE holdings.units IS NOT excluded.units OR holdings.source IS NOT excluded.source""",
-                                     rows, "holdings", "portfolio", portfolio)
+                                     rows, "holdings", "portfolio_id", pid)
             if result.changed:
-                self._event(conn, "holdings", dict(portfolio=portfolio, ts=at, assets=sorted(map(str, u.index))))
+                self._event(conn, "holdings", dict(portfolio=name, portfolio_id=pid, ts=at, assets=sorted(map(str, u.index))))
         return result
 
     def read_holdings(self, portfolio, as_of=None):
-        args = [portfolio] + ([to_iso(as_of)] if as_of is not None else [])
+        pid = self._pid(self.conn, portfolio, missing_ok=True)  # unknown: no holdings
+        args = [pid] + ([to_iso(as_of)] if as_of is not None else [])
         cond = " AND ts <= ?" if as_of is not None else ""
-        rows = self.conn.execute(f"""SELECT asset, units FROM holdings WHERE portfolio = ? AND ts = (
-                                        SELECT max(ts) FROM holdings WHERE portfolio = ?{cond}) ORDER BY asset""",
-                                 [portfolio] + args).fetchall()
+        rows = self.conn.execute(f"""SELECT asset, units FROM holdings WHERE portfolio_id = ? AND ts = (
+                                        SELECT max(ts) FROM holdings WHERE portfolio_id = ?{cond}) ORDER BY asset""",
+                                 [pid] + args).fetchall()
         return pd.Series({a: u for a, u in rows}, dtype=float, name="units")
 
     def write_alert(self, kind, message, portfolio=None):
         with self._transaction() as conn:
-            cur = conn.execute("INSERT INTO alerts (portfolio, kind, message, created_at) VALUES (?, ?, ?, ?)",
-                               (portfolio, kind, message, utc_now()))
-            self._event(conn, "alerts", dict(alert_id=cur.lastrowid, kind=kind, portfolio=portfolio))
+            pid = self._pid(conn, portfolio)
+            cur = conn.execute("INSERT INTO alerts (portfolio_id, kind, message, created_at) VALUES (?, ?, ?, ?)",
+                               (pid, kind, message, utc_now()))
+            self._event(conn, "alerts", dict(alert_id=cur.lastrowid, kind=kind, portfolio_id=pid))
             return cur.lastrowid
 
     def read_alerts(self, open_only=True):
         where = " WHERE resolved_at IS NULL" if open_only else ""
-        return pd.read_sql_query(f"SELECT * FROM alerts{where} ORDER BY created_at DESC, id DESC", self.conn)
+        return pd.read_sql_query(f"SELECT a.*, {_NAME} FROM alerts a{where} ORDER BY created_at DESC, id DESC", self.conn)
 
     def resolve_alert(self, alert_id):
         with self._transaction() as conn:
@@ -723,16 +872,19 @@ class SQLiteStore(Store):
 
     def write_reallocation(self, portfolio, as_of, status, plan):
         at = to_iso(as_of)
-        rid = content_id("reallocation", portfolio, at, plan)
         with self._transaction() as conn:
-            conn.execute("""INSERT INTO reallocations (id, portfolio, as_of, status, plan, created_at) VALUES (?, ?, ?, ?, ?, ?)
+            pid = self._pid(conn, portfolio)
+            rid = content_id("reallocation", pid, at, plan)
+            conn.execute("""INSERT INTO reallocations (id, portfolio_id, as_of, status, plan, created_at) VALUES (?, ?, ?, ?, ?, ?)
                             ON CONFLICT (id) DO UPDATE SET status = excluded.status WHERE reallocations.status IS NOT excluded.status""",
-                         (rid, portfolio, at, status, to_json(plan), utc_now()))
+                         (rid, pid, at, status, to_json(plan), utc_now()))
         return rid
 
     def read_reallocations(self, portfolio=None, limit=100):
-        sql = "SELECT * FROM reallocations" + (" WHERE portfolio = ?" if portfolio else "") + " ORDER BY created_at DESC LIMIT ?"
-        out = pd.read_sql_query(sql, self.conn, params=([portfolio] if portfolio else []) + [limit])
+        pid = self._pid(self.conn, portfolio, missing_ok=True) if portfolio else None
+        sql = (f"SELECT r.*, {_NAME} FROM reallocations r" + (" WHERE portfolio_id = ?" if portfolio else "")
+               + " ORDER BY created_at DESC LIMIT ?")
+        out = pd.read_sql_query(sql, self.conn, params=([pid] if portfolio else []) + [limit])
         out["plan"] = out["plan"].map(json.loads)
         return out
 
@@ -803,12 +955,12 @@ class SQLiteStore(Store):
 
     def delete_portfolio(self, portfolio):
         with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM portfolios WHERE portfolio = ?", (portfolio,)).fetchone() is None:
+            pid = self._pid(conn, portfolio, missing_ok=True)
+            if pid is None:
                 raise StoreError(f"no portfolio {portfolio!r} in {self.path}")
-            n = sum(conn.execute(f"DELETE FROM {t} WHERE portfolio = ?", (portfolio,)).rowcount
-                    for t in ("holdings", "optimizations", "reallocations", "alerts"))
-            n += conn.execute("DELETE FROM backtests WHERE json_extract(config, '$.portfolio') = ?", (portfolio,)).rowcount
-            return n + conn.execute("DELETE FROM portfolios WHERE portfolio = ?", (portfolio,)).rowcount
+            n = sum(conn.execute(f"SELECT count(*) FROM {t} WHERE portfolio_id = ?", (pid,)).fetchone()[0]
+                    for t in ("holdings", "optimizations", "reallocations", "alerts", "backtests"))
+            return n + conn.execute("DELETE FROM portfolios WHERE id = ?", (pid,)).rowcount  # the rest: ON DELETE CASCADE
 
 
 # %% ../nbs/03_store.ipynb #4e841e9e

@@ -18,7 +18,7 @@ from postgrest.types import ReturnMethod
 from .clean import LONG_COLUMNS, to_wide, validate_long
 from .config import ConfigError, StoreError
 from .portfolio import portfolio_settings_from
-from .store import (Store, WriteResult, content_id, to_iso, to_json, utc_now, validate_metrics, validate_units)
+from .store import (Store, WriteResult, _backtest_id, content_id, to_iso, to_json, utc_now, validate_metrics, validate_units)
 
 # %% auto #0
 __all__ = ['supabase_settings', 'SupabaseStore', 'migrations_dir', 'apply_migrations']
@@ -48,7 +48,18 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
 _RUN_COLUMNS = ["id", "job", "trigger", "parameters", "status", "started_at", "finished_at", "output_path", "error"]
-_BACKTEST_COLUMNS = ("id", "strategy", "config", "metrics", "returns", "run_id", "created_at")  # `detail`: read_backtest only
+_BACKTEST_COLUMNS = ("id", "strategy", "config", "metrics", "returns", "run_id", "created_at", "portfolio_id")  # `detail`: read_backtest only
+_NAMED = "*,portfolios(portfolio)"  # a row and its portfolio's name (PostgREST embeds it through the portfolio_id foreign key)
+
+def _named(rows: list[dict]) -> list[dict]:
+    "Rows read with `_NAMED`: the embedded portfolio becomes a `portfolio` column (its name; `None` for none)."
+    out = []
+    for r in rows:
+        r = dict(r)
+        p = r.pop("portfolios", None)
+        r["portfolio"] = p["portfolio"] if p else None
+        out.append(r)
+    return out
 
 def _returns_series(d: dict) -> pd.Series:
     "A returns Series from its stored JSON, `{ISO timestamp: value}`, in time order."
@@ -139,6 +150,19 @@ class SupabaseStore(Store):
     def _table(self, name: str):
         return self.client.table(name)
 
+    def _pid(self, portfolio, missing_ok: bool = False):
+        """The id of `portfolio` (a name or an id) as the database resolves it (`portopt_portfolio_id`: a user's own
+        portfolios only); `None` for `None`, or when unknown and `missing_ok`."""
+        if portfolio is None:
+            return None
+        try:
+            return self._exec(self.client.rpc("portopt_portfolio_id", {"p": str(portfolio)}), "portopt_portfolio_id()",
+                              {"P0002": f"no portfolio {portfolio!r}; create it first (upsert_portfolio)"})
+        except StoreError as e:
+            if missing_ok and str(e).startswith("no portfolio"):
+                return None
+            raise
+
     # -- prices ---------------------------------------------------------------------------
     def write_prices(self, frame, source):
         if not source or not isinstance(source, str):
@@ -174,24 +198,27 @@ class SupabaseStore(Store):
     # -- results --------------------------------------------------------------------------
     def write_optimization(self, strategy, params, weights, metrics, as_of=None, portfolio=None, run_id=None):
         as_of = None if as_of is None else to_iso(as_of)
-        oid = content_id("optimization", portfolio, strategy, params, as_of, sorted(weights.index))
-        row = dict(id=oid, portfolio=portfolio, strategy=strategy, params=json.loads(to_json(params)), as_of=as_of,
+        pid = self._pid(portfolio)
+        oid = content_id("optimization", pid, strategy, params, as_of, sorted(weights.index))
+        row = dict(id=oid, portfolio_id=pid, strategy=strategy, params=json.loads(to_json(params)), as_of=as_of,
                    weights={k: float(v) for k, v in weights.items()}, metrics=json.loads(to_json(metrics)),
                    run_id=run_id)
         self._exec(self._table("optimizations").upsert(row, on_conflict="id", returning=ReturnMethod.minimal), "optimizations")
         return oid
 
     def read_optimizations(self, strategy=None, limit=100):
-        q = self._table("optimizations").select("*").order("created_at", desc=True).limit(limit)
+        q = self._table("optimizations").select(_NAMED).order("created_at", desc=True).limit(limit)
         if strategy:
             q = q.eq("strategy", strategy)
-        rows = self._exec(q, "optimizations")
-        return _frame(rows, ["id", "portfolio", "strategy", "params", "as_of", "weights", "metrics", "run_id", "created_at"],
+        rows = _named(self._exec(q, "optimizations"))
+        return _frame(rows, ["id", "strategy", "params", "as_of", "weights", "metrics", "run_id", "created_at", "portfolio_id",
+                             "portfolio"],
                       stamps=("as_of",), micro=("created_at",))
 
     def write_backtest(self, strategy, config, metrics, returns, run_id=None, detail=None):
-        bid = content_id("backtest", strategy, config)
-        row = dict(id=bid, strategy=strategy, config=json.loads(to_json(config)), metrics=json.loads(to_json(metrics)),
+        pid = self._pid((config or {}).get("portfolio"))
+        bid = _backtest_id(strategy, config, pid)
+        row = dict(id=bid, portfolio_id=pid, strategy=strategy, config=json.loads(to_json(config)), metrics=json.loads(to_json(metrics)),
                    returns={to_iso(t): float(v) for t, v in returns.items()}, run_id=run_id)
         if detail is not None:  # absent from the upsert: a stored detail is kept
             row["detail"] = json.loads(to_json(detail))
@@ -317,11 +344,13 @@ class SupabaseStore(Store):
         row = dict(portfolio=portfolio, quote=quote, wallet=wallet, settings=json.loads(to_json(settings or {})))
         if owner is not None:  # else the database default: the signed-in user (auth.uid())
             row["owner"] = str(owner)
-        self._exec(self._table("portfolios").upsert(row, on_conflict="portfolio", returning=ReturnMethod.minimal), "portfolios")
+        # the name is unique per owner: (owner, name) is the conflict target, and an update keeps the id
+        self._exec(self._table("portfolios").upsert(row, on_conflict="owner,portfolio", returning=ReturnMethod.minimal),
+                   "portfolios")
 
     def read_portfolios(self):
-        rows = self._exec(self._table("portfolios").select("*").order("portfolio"), "portfolios")
-        return _frame(rows, ["portfolio", "owner", "quote", "wallet", "settings", "created_at"], micro=("created_at",))
+        rows = self._exec(self._table("portfolios").select("*").order("portfolio").order("created_at"), "portfolios")
+        return _frame(rows, ["portfolio", "owner", "quote", "wallet", "settings", "created_at", "id"], micro=("created_at",))
 
     def write_holdings(self, portfolio, units, ts, source="manual"):
         u = validate_units(units, f"holdings of {portfolio}")
@@ -331,25 +360,30 @@ class SupabaseStore(Store):
         return WriteResult(r["inserted"], r["updated"], r["unchanged"])
 
     def read_holdings(self, portfolio, as_of=None):
-        q = self._table("holdings").select("ts").eq("portfolio", portfolio).order("ts", desc=True).limit(1)
+        pid = self._pid(portfolio, missing_ok=True)  # unknown (or another user's): no holdings
+        if pid is None:
+            return pd.Series(dtype=float, name="units")
+        q = self._table("holdings").select("ts").eq("portfolio_id", pid).order("ts", desc=True).limit(1)
         if as_of is not None:
             q = q.lte("ts", to_iso(as_of))
         latest = self._exec(q, "holdings")
         if not latest:
             return pd.Series(dtype=float, name="units")
-        rows = self._exec(self._table("holdings").select("asset,units").eq("portfolio", portfolio)
+        rows = self._exec(self._table("holdings").select("asset,units").eq("portfolio_id", pid)
                           .eq("ts", latest[0]["ts"]).order("asset"), "holdings")
         return pd.Series({r["asset"]: float(r["units"]) for r in rows}, dtype=float, name="units")
 
     def write_alert(self, kind, message, portfolio=None):
-        rows = self._exec(self._table("alerts").insert(dict(kind=kind, message=message, portfolio=portfolio)), "alerts")
+        rows = self._exec(self._table("alerts").insert(dict(kind=kind, message=message, portfolio_id=self._pid(portfolio))),
+                          "alerts")
         return int(rows[0]["id"])
 
     def read_alerts(self, open_only=True):
-        q = self._table("alerts").select("*").order("created_at", desc=True).order("id", desc=True)
+        q = self._table("alerts").select(_NAMED).order("created_at", desc=True).order("id", desc=True)
         if open_only:
             q = q.is_("resolved_at", "null")
-        return _frame(self._exec(q, "alerts"), ["id", "portfolio", "kind", "message", "created_at", "resolved_at"],
+        return _frame(_named(self._exec(q, "alerts")), ["id", "kind", "message", "created_at", "resolved_at", "portfolio_id",
+                                                         "portfolio"],
                       micro=("created_at", "resolved_at"))
 
     def resolve_alert(self, alert_id):
@@ -360,17 +394,22 @@ class SupabaseStore(Store):
 
     # -- reallocations ----------------------------------------------------------------------
     def write_reallocation(self, portfolio, as_of, status, plan):
-        rid = content_id("reallocation", portfolio, to_iso(as_of), plan)
-        self._exec(self._table("reallocations").upsert(dict(id=rid, portfolio=portfolio, as_of=to_iso(as_of), status=status,
+        pid = self._pid(portfolio)
+        rid = content_id("reallocation", pid, to_iso(as_of), plan)
+        self._exec(self._table("reallocations").upsert(dict(id=rid, portfolio_id=pid, as_of=to_iso(as_of), status=status,
                                                             plan=json.loads(to_json(plan))),
                                                        on_conflict="id", returning=ReturnMethod.minimal), "reallocations")
         return rid
 
     def read_reallocations(self, portfolio=None, limit=100):
-        q = self._table("reallocations").select("*").order("created_at", desc=True).limit(limit)
+        columns = ["id", "as_of", "status", "plan", "created_at", "portfolio_id", "portfolio"]
+        q = self._table("reallocations").select(_NAMED).order("created_at", desc=True).limit(limit)
         if portfolio:
-            q = q.eq("portfolio", portfolio)
-        return _frame(self._exec(q, "reallocations"), ["id", "portfolio", "as_of", "status", "plan", "created_at"],
+            pid = self._pid(portfolio, missing_ok=True)
+            if pid is None:
+                return _frame([], columns)
+            q = q.eq("portfolio_id", pid)
+        return _frame(_named(self._exec(q, "reallocations")), columns,
                       stamps=("as_of",), micro=("created_at",))
 
     # -- Supabase-only ----------------------------------------------------------------------

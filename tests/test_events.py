@@ -417,3 +417,56 @@ def test_a_spent_event_budget_fails_the_portfolios_left_and_retry_failed_runs_th
         assert [u.status for u in retried] == ["succeeded"] * 3 and len(st.read_reallocations()) == 3
         rows = unit_rows(st)
         assert len(rows) == 3 and (rows["status"] == "succeeded").all() and (rows["attempts"] == 2).all()
+
+
+def test_a_units_results_commit_with_its_success_or_not_at_all(tmp_path, monkeypatch):
+    "SQLite: a unit's optimization, reallocation and alerts are written in the transaction that marks its run succeeded."
+    from portopt.config import StoreError
+    from portopt.store import SQLiteStore, ensure_dataset
+    with SQLiteStore(tmp_path / "s.sqlite") as st:
+        ensure_dataset(st)
+        st.mark_events_consumed(st.read_events(pending_only=True)["id"].tolist())
+        st.upsert_portfolio("fund", settings={"assets": ["BTC", "USDC"], "stale_after_hours": 1})  # stale: an alert
+        st.write_holdings("fund", pd.Series({"BTC": 1.0, "USDC": 1000.0}), "2022-09-01")
+        real = st.finish_run
+
+        def broken(run_id, status, **kw):  # the store fails as the run is marked succeeded (a full disk, a lost lock)
+            if status == "succeeded":
+                raise StoreError("disk full (injected)")
+            return real(run_id, status, **kw)
+        monkeypatch.setattr(st, "finish_run", broken)
+        server = HTTPServer(("127.0.0.1", 0), _Hook)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _Hook.received.clear()
+        listener = Listener(st, papermill=False, backoff=0.01, attempts=1,
+                            webhook=f"http://127.0.0.1:{server.server_port}/hook")
+        [o] = [o for o in listener.handle_pending() if o.topic == "holdings"]
+        assert [u.status for u in o.units] == ["failed"] and "disk full" in o.units[0].error
+        assert st.read_optimizations().empty and st.read_reallocations().empty and st.read_alerts().empty  # none half-written
+        assert _Hook.received == []  # an alert rolled back is never posted
+        monkeypatch.setattr(st, "finish_run", real)
+        [again] = listener.recover(retry_failed=True)
+        assert again.status == "succeeded" and st.read_units()["status"].tolist() == ["succeeded"]
+        assert len(st.read_optimizations()) == 1 and len(st.read_reallocations()) == 1
+        kinds = st.read_alerts()["kind"].tolist()
+        assert "stale_data" in kinds and sorted(h["kind"] for h in _Hook.received) == sorted(kinds)  # posted once committed
+        listener.close()
+        server.shutdown()
+
+
+def test_a_unit_claimed_by_name_before_ids_is_recovered_on_its_own_row(tmp_path):
+    "A unit row of before schema 5 (keyed and parametrized by the portfolio's name), its lease expired: recovered in place."
+    from portopt.store import SQLiteStore, ensure_dataset
+    with SQLiteStore(tmp_path / "s.sqlite") as st:
+        ensure_dataset(st)
+        st.upsert_portfolio("fund", settings={"assets": ["BTC", "USDC"]})
+        st.write_holdings("fund", pd.Series({"BTC": 1.0, "USDC": 1000.0}), "2022-09-01")
+        st.mark_events_consumed(st.read_events(pending_only=True)["id"].tolist())
+        old = st.claim_unit("rebalance:7:fund", "rebalance", {"portfolio": "fund", "as_of": None, "event_id": 7,
+                                                              "topic": "holdings"}, lease_seconds=0)
+        listener = Listener(st, papermill=False, backoff=0.01)
+        [u] = listener.recover()
+        listener.close()
+        units = st.read_units()
+        assert u.status == "succeeded" and u.run_id == old and u.portfolio_id == st.portfolio_id("fund")
+        assert units["unit"].tolist() == ["rebalance:7:fund"] and units["status"].tolist() == ["succeeded"]

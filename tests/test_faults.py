@@ -291,6 +291,62 @@ def test_a_secret_as_a_notebook_parameter_is_refused(tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ipynb"))
 
 
+# -- the cross-user REST matrix: delete-then-recreate and name probing (issue 14, item 2) ------------------------------
+REST_ROWS = {  # one row of each owned table, as a client application inserts it through REST
+    "holdings": {"asset": "SOL", "ts": "2024-01-01T00:00:00Z", "units": 1.0},
+    "optimizations": {"id": "o1", "strategy": "hrp", "params": {}, "weights": {"SOL": 1.0}, "metrics": {}},
+    "reallocations": {"id": "r1", "as_of": "2024-01-02T00:00:00Z", "status": "planned", "plan": {"trades": {}}},
+    "alerts": {"kind": "drift", "message": "A's alert"},
+    "backtests": {"id": "b1", "strategy": "hrp", "config": {}, "metrics": {}, "returns": {}},
+}
+
+
+def _rest_users(stack):
+    import uuid
+    from portopt.supabase import SupabaseStore
+    s = stack.settings
+    users = [str(uuid.uuid4()), str(uuid.uuid4())]
+    return users, [SupabaseStore(s["SUPABASE_URL"], s["SUPABASE_ANON_KEY"], access_token=stack.user_token(u)).client
+                   for u in users]
+
+
+@pytest.mark.parametrize("table", sorted(REST_ROWS))
+def test_a_deleted_portfolios_rows_never_reach_the_next_owner_of_its_name(supabase_stack, table):
+    "A creates P and a row of `table`, deletes P (a REST DELETE); B creates P: B reads nothing, the row is gone."
+    import psycopg
+    TALLY["tried"] += 1
+    supabase_stack.reset()
+    (_, _), (a, b) = _rest_users(supabase_stack)
+    old = a.table("portfolios").insert({"portfolio": "P"}).execute().data[0]["id"]
+    a.table(table).insert({**REST_ROWS[table], "portfolio_id": old}).execute()
+    assert len(a.table(table).select("*").execute().data) == 1
+    a.table("portfolios").delete().eq("id", old).execute()
+    new = b.table("portfolios").insert({"portfolio": "P"}).execute().data[0]["id"]
+    assert new != old and b.table(table).select("*").execute().data == []
+    assert a.table(table).select("*").execute().data == []
+    with psycopg.connect(supabase_stack.settings["SUPABASE_DB_URL"]) as conn:
+        assert conn.execute(f"SELECT count(*) FROM public.{table}").fetchone()[0] == 0  # ON DELETE CASCADE
+    TALLY["held"] += 1
+
+
+def test_creating_a_name_another_user_holds_tells_nothing(supabase_stack):
+    "B creates A's name (no 409); B's own duplicate is a 409 on (owner, name) that names neither A nor A's row."
+    from postgrest.exceptions import APIError
+    TALLY["tried"] += 1
+    supabase_stack.reset()
+    (alice, _), (a, b) = _rest_users(supabase_stack)
+    pid = a.table("portfolios").insert({"portfolio": "P"}).execute().data[0]["id"]
+    b.table("portfolios").insert({"portfolio": "P"}).execute()
+    with pytest.raises(APIError) as dup:
+        b.table("portfolios").insert({"portfolio": "P"}).execute()
+    said = " ".join(str(getattr(dup.value, k, "")) for k in ("code", "message", "details", "hint"))
+    assert dup.value.code == "23505" and "portfolios_pkey" not in said and alice not in said and pid not in said
+    with pytest.raises(APIError) as chosen:  # probing an id by inserting it: refused before any conflict
+        b.table("portfolios").insert({"portfolio": "Q", "id": pid}).execute()
+    assert chosen.value.code == "42501"
+    TALLY["held"] += 1
+
+
 # -- the test stack ---------------------------------------------------------------------------------------------------
 def test_the_stack_keeps_its_secrets_private_and_wants_a_password_over_tcp(supabase_stack):
     import psycopg

@@ -216,3 +216,80 @@ def test_reallocations_are_upserted_on_their_natural_key(store):
     got = store.read_reallocations("fund")
     assert a == b and len(got) == 1 and got.loc[0, "plan"] == plan and got.loc[0, "as_of"] == "2024-01-02T00:00:00Z"
     assert store.read_reallocations("other").empty
+
+
+# ---------------------------------------------------------------- identity, not names (issue 14, item 2)
+def test_a_deleted_portfolio_takes_its_history_and_a_recreated_name_starts_empty(store):
+    store.upsert_portfolio("fund", settings={"assets": ["SOL", "USDC"]})
+    old = store.portfolio_id("fund")
+    store.write_holdings("fund", pd.Series({"SOL": 2.0}), "2024-01-01")
+    store.write_optimization("hrp", {"window": 30}, pd.Series({"SOL": 1.0}), {"sharpe": 1.0}, as_of="2024-01-01", portfolio="fund")
+    store.write_reallocation("fund", "2024-01-02", "planned", {"trades": {"SOL": 1.0}})
+    store.write_alert("drift", "SOL off target", portfolio="fund")
+    store.write_alert("stale_data", "no prices anywhere")  # an alert of no portfolio stays
+    bt = store.write_backtest("hrp", {"portfolio": "fund", "window": 30}, {"sharpe": 0.5},
+                              pd.Series([0.01], index=pd.date_range("2024-01-01", periods=1, tz="UTC")))
+    assert store.read_backtest(bt)["portfolio_id"] == old and store.read_alerts().set_index("message")["portfolio"].fillna("-").to_dict() == {
+        "SOL off target": "fund", "no prices anywhere": "-"}
+    assert store.delete_portfolio("fund") == 6
+    store.upsert_portfolio("fund", settings={"assets": ["SOL", "USDC"]})
+    assert store.portfolio_id("fund") != old  # a new portfolio, a new id
+    assert store.read_holdings("fund").empty and store.read_reallocations("fund").empty and store.read_reallocations().empty
+    assert store.read_optimizations().empty and store.read_backtests().empty and store.read_backtest(bt) is None
+    assert store.read_alerts()["message"].tolist() == ["no prices anywhere"]
+
+
+def test_an_update_keeps_the_id_and_rows_reference_it(store):
+    store.upsert_portfolio("fund", settings={"assets": ["SOL"]})
+    pid = store.portfolio_id("fund")
+    store.upsert_portfolio("fund", wallet="w2", settings={"assets": ["SOL", "USDC"]})
+    assert store.portfolio_id("fund") == pid and store.portfolio_id(pid) == pid and len(store.read_portfolios()) == 1
+    rid = store.write_reallocation(pid, "2024-01-02", "planned", {"trades": {}})  # by id or by name: the same row
+    assert store.write_reallocation("fund", "2024-01-02", "planned", {"trades": {}}) == rid
+    got = store.read_reallocations(pid)
+    assert got.loc[0, "portfolio_id"] == pid and got.loc[0, "portfolio"] == "fund"
+    with pytest.raises(StoreError, match="no portfolio 'ghost'"):
+        store.write_alert("drift", "x", portfolio="ghost")
+
+
+def test_a_version_3_store_is_migrated_with_each_row_on_its_portfolio(store_path):
+    "A store of before (rows keyed by portfolio name), with data: after the migration each row is on its portfolio's id."
+    from portopt.store import MIGRATIONS
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    for version, sql in MIGRATIONS:
+        if version <= 3:
+            for statement in filter(str.strip, sql.split(";")):
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version = 3")
+    now = "2024-01-01T00:00:00.000000Z"
+    for name in ("a", "b"):
+        conn.execute("INSERT INTO portfolios (portfolio, settings, created_at) VALUES (?, '{}', ?)", (name, now))
+        conn.execute("INSERT INTO holdings VALUES (?, 'SOL', '2024-01-01T00:00:00Z', 1.0, 'manual', ?)", (name, now))
+        conn.execute("INSERT INTO optimizations VALUES (?, ?, 'hrp', '{}', NULL, '{}', '{}', NULL, ?)", ("o-" + name, name, now))
+        conn.execute("INSERT INTO reallocations VALUES (?, ?, '2024-01-02T00:00:00Z', 'planned', '{}', ?)", ("r-" + name, name, now))
+        conn.execute("INSERT INTO alerts (portfolio, kind, message, created_at) VALUES (?, 'drift', ?, ?)", (name, "m-" + name, now))
+        conn.execute("INSERT INTO backtests (id, strategy, config, metrics, returns, created_at) VALUES (?, 'hrp', ?, '{}', '{}', ?)",
+                     ("t-" + name, '{"portfolio": "%s"}' % name, now))
+    # what leaked before: the rows of a deleted portfolio "gone"; and rows of no portfolio, which stay
+    conn.execute("INSERT INTO holdings VALUES ('gone', 'SOL', '2024-01-01T00:00:00Z', 5.0, 'manual', ?)", (now,))
+    conn.execute("INSERT INTO alerts (portfolio, kind, message, created_at) VALUES ('gone', 'drift', 'm-gone', ?), "
+                 "(NULL, 'stale_data', 'm-all', ?)", (now, now))
+    conn.execute("INSERT INTO optimizations VALUES ('o-none', NULL, 'hrp', '{}', NULL, '{}', '{}', NULL, ?)", (now,))
+    conn.close()
+    with SQLiteStore(store_path) as st:
+        assert st.schema_version == SCHEMA_VERSION
+        ids = st.read_portfolios().set_index("portfolio")["id"]
+        assert sorted(ids.index) == ["a", "b"] and ids["a"] != ids["b"] and len(ids["a"]) == 36
+        for name in ("a", "b"):
+            assert st.read_holdings(name).to_dict() == {"SOL": 1.0}
+            assert st.read_reallocations(name)["id"].tolist() == ["r-" + name]
+            assert st.read_backtest("t-" + name)["portfolio_id"] == ids[name]
+        opt = st.read_optimizations().set_index("id")
+        assert opt["portfolio"].fillna("-").to_dict() == {"o-a": "a", "o-b": "b", "o-none": "-"}
+        assert sorted(st.read_alerts()["message"]) == ["m-a", "m-all", "m-b"]  # "m-gone" dropped
+        run = st.read_runs().set_index("job").loc["migrate"]
+        assert run["parameters"]["dropped"] == {"holdings": 1, "optimizations": 0, "reallocations": 0, "alerts": 1}
+        st.delete_portfolio("a")  # and the cascade holds for migrated rows
+        st.upsert_portfolio("a")
+        assert st.read_holdings("a").empty and st.read_reallocations("a").empty and st.read_backtest("t-a") is None
+        assert st.conn.execute("PRAGMA foreign_key_check").fetchall() == []

@@ -53,9 +53,14 @@ def test_users_see_and_change_only_their_own_portfolios(stack):
     with pytest.raises(StoreError, match="no portfolio 'alice-fund'"):
         bob.write_holdings("alice-fund", pd.Series({"SOL": 99.0}), "2024-01-02")
     with pytest.raises(StoreError, match="permission denied|row-level security"):
-        bob.upsert_portfolio("alice-fund", owner=BOB)  # taking over someone's portfolio
-    with pytest.raises(StoreError, match="row-level security"):
+        bob.upsert_portfolio("bob-fund", owner=ALICE)  # a portfolio in someone else's name
+    with pytest.raises(StoreError, match="no portfolio 'alice-fund'"):  # a name resolves among one's own portfolios only
         bob.write_reallocation("alice-fund", "2024-01-02", "planned", {"trades": {}})
+    with pytest.raises(StoreError, match="no portfolio"):  # nor does Alice's id
+        bob.write_reallocation(alice.portfolio_id("alice-fund"), "2024-01-02", "planned", {"trades": {}})
+    with pytest.raises(Exception, match="row-level security"):  # and a REST row naming it is refused
+        bob.client.table("reallocations").insert({"id": "x", "portfolio_id": alice.portfolio_id("alice-fund"),
+                                                  "as_of": "2024-01-02T00:00:00Z", "status": "planned", "plan": {}}).execute()
     # Bob's update of Alice's row through the REST API matches no row and changes nothing
     bob.client.table("portfolios").update({"wallet": "stolen"}).eq("portfolio", "alice-fund").execute()
     assert service(stack).read_portfolios().set_index("portfolio").loc["alice-fund", "wallet"] == "w1"
@@ -175,3 +180,143 @@ def test_two_listeners_share_the_queue_and_handle_each_event_once(stack, monkeyp
         l.close()
     assert sorted(seen) == sorted(set(seen)) and len(seen) == 12  # each once, none lost
     assert svc.read_events("work", pending_only=True).empty
+
+
+# ---------------------------------------------------------------- identity, not names (issue 14, item 2)
+OWNED = ("holdings", "optimizations", "reallocations", "alerts", "backtests")
+
+
+def _fill(store, name):
+    "One row in every owned table of portfolio `name`, written through the API as its owner."
+    store.write_holdings(name, pd.Series({"SOL": 3.0}), "2024-01-01")
+    store.write_optimization("min_variance", {"window": 30}, pd.Series({"SOL": 1.0}), {"sharpe": 1.0}, portfolio=name)
+    store.write_reallocation(name, "2024-01-02", "planned", {"trades": {"SOL": 1.0}})
+    store.write_alert("drift", "SOL off target", portfolio=name)
+    store.write_backtest("hrp", {"portfolio": name, "window": 30}, {"sharpe": 0.5},
+                         pd.Series([0.01], index=pd.date_range("2024-01-01", periods=1, tz="UTC")))
+
+
+def _rows(stack, where="true") -> dict:
+    with psycopg.connect(stack.settings["SUPABASE_DB_URL"]) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM public.{t} WHERE {where}").fetchone()[0] for t in OWNED}
+
+
+def test_a_deleted_portfolio_takes_its_rows_and_its_reused_name_sees_none(stack):
+    alice, bob = as_user(stack, ALICE), as_user(stack, BOB)
+    alice.upsert_portfolio("P", settings={"assets": ["SOL"]})
+    _fill(alice, "P")
+    old = alice.portfolio_id("P")
+    assert _rows(stack, f"portfolio_id = '{old}'") == dict.fromkeys(OWNED, 1)
+    for t in OWNED:  # Alice reads her rows through REST
+        assert len(alice.client.table(t).select("*").execute().data) == 1, t
+    assert alice.read_alerts().loc[0, "portfolio"] == "P" and alice.read_reallocations("P").loc[0, "portfolio_id"] == old
+    assert alice.delete_portfolio("P") == 6  # five rows and the portfolio
+    assert _rows(stack) == dict.fromkeys(OWNED, 0)  # gone from the database, by ON DELETE CASCADE
+    bob.upsert_portfolio("P")
+    assert bob.portfolio_id("P") != old
+    for t in OWNED:  # Bob's "P" is another portfolio: none of Alice's rows, through REST or the store
+        assert bob.client.table(t).select("*").execute().data == [], t
+        assert bob.client.table(t).select("*").eq("portfolio_id", old).execute().data == [], t
+    assert bob.read_holdings("P").empty and bob.read_reallocations("P").empty and bob.read_alerts().empty
+    assert bob.read_optimizations().empty and bob.read_backtests().empty
+    alice.upsert_portfolio("P")  # and Alice's own re-created "P" starts empty too
+    assert alice.read_holdings("P").empty and alice.read_alerts().empty and alice.read_backtests().empty
+
+
+def test_two_owners_hold_one_name_apart(stack):
+    alice, bob, svc = as_user(stack, ALICE), as_user(stack, BOB), service(stack)
+    alice.upsert_portfolio("P", settings={"assets": ["SOL"]})
+    _fill(alice, "P")
+    bob.upsert_portfolio("P", settings={"assets": ["USDC"]})  # a name Alice holds: no conflict, no error
+    a, b = alice.portfolio_id("P"), bob.portfolio_id("P")
+    assert a != b and bob.read_portfolios()[["portfolio", "id"]].values.tolist() == [["P", b]]
+    for t in OWNED:  # Bob sees none of Alice's rows, and Alice's are untouched
+        assert bob.client.table(t).select("*").execute().data == [], t
+    _fill(bob, "P")
+    assert _rows(stack, f"portfolio_id = '{a}'") == _rows(stack, f"portfolio_id = '{b}'") == dict.fromkeys(OWNED, 1)
+    assert alice.read_holdings("P").to_dict() == {"SOL": 3.0} and len(alice.read_alerts()) == 1
+    # the service role sees both: a name two owners hold is refused, an id is not
+    with pytest.raises(StoreError, match="held by 2 owners; pass its id"):
+        svc.read_holdings("P")
+    assert svc.read_holdings(b).to_dict() == {"SOL": 3.0} and svc.portfolio_row(a)["owner"] == ALICE
+    named = (svc.client.table("reallocations").select("id,portfolios!inner(portfolio)", count="exact")  # bench/events.py's count
+             .like("portfolios.portfolio", "P%").limit(1).execute())
+    assert named.count == 2 and named.data[0]["portfolios"] == {"portfolio": "P"}
+    bob.delete_portfolio("P")
+    assert _rows(stack, f"portfolio_id = '{a}'") == dict.fromkeys(OWNED, 1)  # Bob's delete leaves Alice's rows
+
+
+def test_creating_a_name_never_tells_of_another_users_portfolio(stack):
+    from postgrest.exceptions import APIError
+    alice, bob = as_user(stack, ALICE), as_user(stack, BOB)
+    alice.upsert_portfolio("P")
+    a = alice.portfolio_id("P")
+    assert bob.client.table("portfolios").insert({"portfolio": "P"}).execute().data[0]["owner"] == BOB  # no 409
+    with pytest.raises(APIError) as dup:  # Bob's own duplicate: a conflict that names only Bob's key
+        bob.client.table("portfolios").insert({"portfolio": "P"}).execute()
+    said = " ".join(str(getattr(dup.value, k, "")) for k in ("code", "message", "details", "hint"))
+    assert dup.value.code == "23505" and "portfolios_owner_portfolio_key" in said  # (owner, name): Bob's own key
+    assert ALICE not in said and a not in said and "portfolios_pkey" not in said
+    with pytest.raises(APIError) as chosen:  # an id cannot be chosen, so an insert cannot probe one
+        bob.client.table("portfolios").insert({"portfolio": "Q", "id": a}).execute()
+    assert chosen.value.code == "42501" and a not in str(chosen.value)
+    with pytest.raises(Exception, match="never changes|permission denied"):  # nor changed
+        alice.client.table("portfolios").update({"id": str(uuid.uuid4())}).eq("id", a).execute()
+    assert alice.portfolio_id("P") == a
+
+
+def test_the_identity_migration_keeps_rows_with_their_portfolio(stack, tmp_path):
+    "A database at the migration before (names as keys), with data, migrated: each row stays with its portfolio."
+    import shutil
+    from psycopg.conninfo import make_conninfo
+    from portopt.supabase import apply_migrations, migrations_dir
+    url, db = stack.settings["SUPABASE_DB_URL"], f"portopt_mig_{uuid.uuid4().hex[:8]}"
+    before = tmp_path / "before"
+    before.mkdir()
+    for f in sorted(migrations_dir().glob("*.sql")):
+        if f.name < "20261202000000":
+            shutil.copy(f, before / f.name)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {db}")
+    mig = make_conninfo(url, dbname=db)
+    try:
+        with psycopg.connect(mig, autocommit=True) as conn:
+            conn.execute((migrations_dir().parent / "local" / "bootstrap.sql").read_text())
+        apply_migrations(mig, before)
+        with psycopg.connect(mig, autocommit=True) as conn:
+            for name, owner in (("a", ALICE), ("b", BOB)):
+                conn.execute("INSERT INTO portfolios (portfolio, owner) VALUES (%s, %s)", (name, owner))
+                conn.execute("SELECT write_holdings(%s, '2024-01-01', 'manual', %s::jsonb)", (name, '{"SOL": 1}'))
+                conn.execute("INSERT INTO optimizations (id, portfolio, strategy, params, weights, metrics) "
+                             "VALUES (%s, %s, 'hrp', '{}', '{}', '{}')", ("o-" + name, name))
+                conn.execute("INSERT INTO reallocations (id, portfolio, as_of, status, plan) "
+                             "VALUES (%s, %s, '2024-01-02', 'planned', '{}')", ("r-" + name, name))
+                conn.execute("INSERT INTO alerts (portfolio, kind, message) VALUES (%s, 'drift', %s)", (name, "m-" + name))
+                conn.execute("INSERT INTO backtests (id, strategy, config, metrics, returns) VALUES (%s, 'hrp', %s, '{}', '{}')",
+                             ("t-" + name, '{"portfolio": "%s"}' % name))
+            # the leak of before: rows of a deleted portfolio "gone", and a global alert and a portfolio-less optimization
+            conn.execute("INSERT INTO alerts (portfolio, kind, message) VALUES ('gone', 'drift', 'm-gone'), (NULL, 'stale_data', 'm-all')")
+            conn.execute("INSERT INTO reallocations (id, portfolio, as_of, status, plan) VALUES ('r-gone', 'gone', '2024-01-02', 'held', '{}')")
+            conn.execute("INSERT INTO optimizations (id, portfolio, strategy, params, weights, metrics) "
+                         "VALUES ('o-none', NULL, 'hrp', '{}', '{}', '{}')")
+        assert apply_migrations(mig) == ["20261202000000_portfolio_identity.sql"]
+        with psycopg.connect(mig) as conn:
+            ids = dict(conn.execute("SELECT portfolio, id::text FROM portfolios"))
+            owner = dict(conn.execute("SELECT id::text, owner FROM portfolios"))
+            assert sorted(ids) == ["a", "b"] and ids["a"] != ids["b"] and owner[ids["a"]] == ALICE
+            for name in ("a", "b"):
+                pid = ids[name]
+                assert conn.execute("SELECT count(*) FROM holdings WHERE portfolio_id = %s", (pid,)).fetchone()[0] == 1
+                for t, key in (("optimizations", "id"), ("reallocations", "id"), ("backtests", "id"), ("alerts", "message")):
+                    got = conn.execute(f"SELECT {key} FROM {t} WHERE portfolio_id = %s", (pid,)).fetchall()
+                    assert got == [({"alerts": "m-", "backtests": "t-"}.get(t, t[0] + "-") + name,)], (t, got)
+            assert conn.execute("SELECT message FROM alerts WHERE portfolio_id IS NULL").fetchall() == [("m-all",)]
+            assert conn.execute("SELECT id FROM optimizations WHERE portfolio_id IS NULL").fetchall() == [("o-none",)]
+            assert conn.execute("SELECT count(*) FROM reallocations WHERE id = 'r-gone'").fetchone()[0] == 0
+            run = conn.execute("SELECT parameters FROM runs WHERE job = 'migrate'").fetchone()[0]
+            assert run["dropped"] == {"holdings": 0, "optimizations": 0, "reallocations": 1, "alerts": 1}
+            conn.execute("DELETE FROM portfolios WHERE id = %s", (ids["a"],))  # and the cascade holds for migrated rows
+            assert conn.execute("SELECT count(*) FROM reallocations WHERE portfolio_id = %s", (ids["a"],)).fetchone()[0] == 0
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
