@@ -462,9 +462,52 @@ def _write_price_statement(conn: sqlite3.Connection, sql: str, params: list) -> 
     "Run one bulk upsert statement (the unit a crash can interrupt: the transaction around it decides)."
     conn.execute(sql, params)
 
+def _statements(asset_id: np.ndarray, ts: np.ndarray, long: pd.DataFrame, source_id: int, recorded: int) -> "Iterator[tuple]":
+    "`(sql, parameters)` of the bulk upserts, `_PRICE_ROWS_PER_STATEMENT` rows each."
+    k, full = _PRICE_ROWS_PER_STATEMENT, _price_upsert_sql(_PRICE_ROWS_PER_STATEMENT)
+    for block in _price_parameters(asset_id, ts, long):
+        for i in range(0, len(block), k):
+            rows = block[i:i + k]
+            yield full if len(rows) == k else _price_upsert_sql(len(rows)), [source_id, recorded, *rows.ravel().tolist()]
+
+def _prefetched(items, depth: int = 8):
+    """Iterate `items` produced by a helper thread, `depth` ahead: the parameters of the next statements are built
+    while SQLite runs the current one (the sqlite3 module releases the GIL inside SQLite). An error in the
+    producer is raised here, in the caller's thread."""
+    import queue
+    import threading
+    q, done, stop = queue.Queue(depth), object(), threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 (handed to the consumer, which raises it)
+            q.put(e)
+
+    worker = threading.Thread(target=produce, daemon=True, name="portopt-price-parameters")
+    worker.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
 def _upsert_prices(conn: sqlite3.Connection, long: pd.DataFrame, source: str, now: str) -> WriteResult:
     """Upsert a validated long frame's prices under `source`, in key order; returns what it did. Only rows of the
-    batch's assets inside its time span can change, so inserted rows are counted on that key range alone."""
+    batch's assets inside its time span can change, so inserted rows are counted on that key range alone (and not
+    at all when the range held no row, or when nothing changed)."""
     source_id = _name_ids(conn, "price_sources", "source", [source])[source]
     codes, names = pd.factorize(long["asset"])
     ids = _name_ids(conn, "price_assets", "asset", names)
@@ -476,15 +519,10 @@ def _upsert_prices(conn: sqlite3.Connection, long: pd.DataFrame, source: str, no
     span = "SELECT count(*) FROM price_bars WHERE asset_id IN (SELECT value FROM json_each(?)) AND ts BETWEEN ? AND ? AND source_id = ?"
     args = (json.dumps(sorted(ids.values())), int(ts.min()), int(ts.max()), source_id)
     before, changes0 = conn.execute(span, args).fetchone()[0], conn.total_changes
-    k, full = _PRICE_ROWS_PER_STATEMENT, _price_upsert_sql(_PRICE_ROWS_PER_STATEMENT)
-    recorded = _micros(now)
-    for block in _price_parameters(asset_id, ts, long):
-        for i in range(0, len(block), k):
-            rows = block[i:i + k]
-            _write_price_statement(conn, full if len(rows) == k else _price_upsert_sql(len(rows)),
-                                   [source_id, recorded, *rows.ravel().tolist()])
+    for sql, params in _prefetched(_statements(asset_id, ts, long, source_id, _micros(now))):
+        _write_price_statement(conn, sql, params)
     changed = conn.total_changes - changes0
-    inserted = conn.execute(span, args).fetchone()[0] - before
+    inserted = changed if before == 0 else 0 if changed == 0 else conn.execute(span, args).fetchone()[0] - before
     return WriteResult(inserted, changed - inserted, len(long) - changed)
 
 class SQLiteStore(Store):
