@@ -121,7 +121,7 @@ def validate_long(frame: pd.DataFrame, where: str = "data") -> pd.DataFrame:
         raise DataError(f"{where}: missing column(s) {missing}; a long frame needs timestamp, asset and close")
     if frame.empty:
         raise DataError(f"{where}: no rows; the file or response holds no prices")
-    out = frame.reindex(columns=list(LONG_COLUMNS)).copy()
+    out = frame.reindex(columns=list(LONG_COLUMNS))  # a new frame: its columns are replaced below, never written into
     if not isinstance(out["timestamp"].dtype, pd.DatetimeTZDtype):
         out["timestamp"] = parse_timestamps(out["timestamp"], f"{where} timestamp")
     out["timestamp"] = out["timestamp"].dt.tz_convert("UTC")
