@@ -273,10 +273,21 @@ def _is_number(s: str) -> bool:
     except ValueError:
         return False
 
+def _release_arrow_memory() -> None:
+    """Hand the memory pyarrow's pool keeps after a read back to the system (its allocator holds freed blocks for
+    reuse: about as much again as the frame read, which a large import would otherwise carry to its peak)."""
+    try:
+        import pyarrow as pa
+        pa.default_memory_pool().release_unused()
+    except Exception:  # noqa: BLE001 (no pyarrow, or a pool without the call: nothing to release)
+        pass
+
 def _read_csv(path: Path, **kw) -> pd.DataFrame:
     "CSV → DataFrame with pyarrow's parser (multi-threaded), pandas' C parser when pyarrow cannot read it."
     try:
-        return pd.read_csv(path, engine="pyarrow", **kw)
+        frame = pd.read_csv(path, engine="pyarrow", **kw)
+        _release_arrow_memory()
+        return frame
     except Exception:  # noqa: BLE001 (pyarrow's errors are of several kinds; the C parser decides)
         return pd.read_csv(path, skipinitialspace=True, **kw)
 
@@ -626,6 +637,7 @@ def import_file(path, asset: str | None = None, allow_jumps: bool = False) -> Pr
     if layout == "ohlcv" and "open_time" in {str(c).lower() for c in frame.columns}:
         layout = "binance"  # Binance's kline columns with a symbol column (python-binance dumps)
     del frame  # the raw table is no longer needed: free it before the checks copy columns
+    _release_arrow_memory()
     long = _check_rows(long, where, allow_jumps, notes)
     long = collapse_duplicates(long, where, notes)
     check_frequencies(long, where, notes)
