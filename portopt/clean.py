@@ -14,9 +14,10 @@ import pandas as pd
 from .config import ConfigError, DataError, check_calendar, check_years, epoch_unit
 
 # %% auto #0
-__all__ = ['PRICE_FIELDS', 'LONG_COLUMNS', 'MISSING_POLICIES', 'to_utc', 'parse_timestamps', 'validate_long', 'to_wide',
-           'to_long', 'validate_prices', 'CleanResult', 'clean_prices', 'returns', 'log_returns', 'resample_prices',
-           'periods_per_year', 'Frequency', 'infer_frequency', 'resolve_frequency', 'check_missing', 'fill_gaps']
+__all__ = ['PRICE_FIELDS', 'LONG_COLUMNS', 'MISSING_POLICIES', 'to_utc', 'parse_timestamps', 'keys_sorted', 'validate_long',
+           'to_wide', 'to_long', 'validate_prices', 'CleanResult', 'clean_prices', 'returns', 'log_returns',
+           'resample_prices', 'periods_per_year', 'Frequency', 'infer_frequency', 'resolve_frequency', 'check_missing',
+           'fill_gaps']
 
 # %% ../nbs/01_clean.ipynb #0470e1e5
 PRICE_FIELDS = ("open", "high", "low", "close")
@@ -77,6 +78,34 @@ def _check_dates(s: pd.Series, what: str) -> None:
         check_calendar(s[bad].iloc[0], what)
 
 # %% ../nbs/01_clean.ipynb #ae9162b8
+def _stamps_i8(ts) -> np.ndarray | None:
+    "Timestamps as int64 nanoseconds since the epoch (UTC), or None when they are not datetimes or hold a NaT."
+    if not pd.api.types.is_datetime64_any_dtype(ts):
+        return None
+    t = np.asarray(pd.Series(ts).to_numpy(dtype="datetime64[ns]")).view(np.int64)
+    return None if (t == np.iinfo(np.int64).min).any() else t
+
+def keys_sorted(asset, timestamp) -> bool:
+    """True when the rows run by asset name (as text, ascending) and, within an asset, by strictly increasing
+    timestamp: then no (asset, timestamp) repeats and no asset's time goes back. Checked in O(n) without sorting,
+    so that the checks of a large file that is in order (the usual case) cost little; False sends the caller to
+    its thorough path (which names the offending row)."""
+    t = _stamps_i8(timestamp)
+    if t is None:
+        return False
+    if len(t) < 2:
+        return True
+    codes, uniques = pd.factorize(pd.Series(asset))
+    if (codes < 0).any():
+        return False
+    dc = np.diff(codes)   # codes number the assets in order of first appearance: grouped rows step by 0 or 1
+    if ((dc != 0) & (dc != 1)).any():
+        return False
+    names = np.asarray(uniques, dtype=object)
+    if len(names) > 1 and not (names[1:] > names[:-1]).all():
+        return False
+    return bool((np.diff(t)[dc == 0] > 0).all())
+
 def _first_bad(frame: pd.DataFrame, mask: pd.Series) -> str:
     row = frame.loc[mask].iloc[0]
     return f"asset {row['asset']} at {pd.Timestamp(row['timestamp']).isoformat()}"
@@ -92,7 +121,7 @@ def validate_long(frame: pd.DataFrame, where: str = "data") -> pd.DataFrame:
         raise DataError(f"{where}: missing column(s) {missing}; a long frame needs timestamp, asset and close")
     if frame.empty:
         raise DataError(f"{where}: no rows; the file or response holds no prices")
-    out = frame.reindex(columns=list(LONG_COLUMNS)).copy()
+    out = frame.reindex(columns=list(LONG_COLUMNS))  # a new frame: its columns are replaced below, never written into
     if not isinstance(out["timestamp"].dtype, pd.DatetimeTZDtype):
         out["timestamp"] = parse_timestamps(out["timestamp"], f"{where} timestamp")
     out["timestamp"] = out["timestamp"].dt.tz_convert("UTC")
@@ -127,6 +156,8 @@ def validate_long(frame: pd.DataFrame, where: str = "data") -> pd.DataFrame:
         bad = out[col] < 0
         if bad.any():
             raise DataError(f"{where}: negative {col} {out.loc[bad, col].iloc[0]:g} for {_first_bad(out, bad)}")
+    if keys_sorted(out["asset"], out["timestamp"]):   # in order: no duplicates, nothing unsorted
+        return out
     dup = out.duplicated(["asset", "timestamp"], keep=False)
     if dup.any():
         raise DataError(f"{where}: duplicated timestamp for {_first_bad(out, dup)} ({int(dup.sum())} rows); "

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .clean import LONG_COLUMNS, parse_timestamps, to_utc, to_wide, validate_long
+from .clean import LONG_COLUMNS, keys_sorted, parse_timestamps, to_utc, to_wide, validate_long
 from .config import ConfigError, DataError
 
 # %% auto #0
 __all__ = ['DATASETS_DIR', 'DATASETS', 'TIME_COLUMNS', 'FIELDS', 'QUOTES', 'ALIASES', 'BINANCE_KLINE', 'MAX_PRICE', 'MAX_JUMP',
            'LAYOUTS', 'coingecko_frame', 'dataset_info', 'load_dataset', 'load_prices', 'load_market_caps',
            'load_volumes', 'check_file', 'check_fields', 'PriceFile', 'epoch_times', 'read_times', 'asset_from_name',
-           'detect_layout', 'collapse_duplicates', 'bar_words', 'frequency_label', 'check_frequencies', 'import_file',
-           'expand_paths', 'import_files', 'read_price_file']
+           'detect_layout', 'collapse_duplicates', 'bar_words', 'frequency_label', 'uniform_bar', 'check_frequencies',
+           'import_file', 'expand_paths', 'import_files', 'read_price_file']
 
 # %% ../nbs/02_data.ipynb #e1cb7597
 def coingecko_frame(raw: pd.DataFrame, asset: str | None = None, where: str = "data") -> pd.DataFrame:
@@ -273,10 +273,21 @@ def _is_number(s: str) -> bool:
     except ValueError:
         return False
 
+def _release_arrow_memory() -> None:
+    """Hand the memory pyarrow's pool keeps after a read back to the system (its allocator holds freed blocks for
+    reuse: about as much again as the frame read, which a large import would otherwise carry to its peak)."""
+    try:
+        import pyarrow as pa
+        pa.default_memory_pool().release_unused()
+    except Exception:  # noqa: BLE001 (no pyarrow, or a pool without the call: nothing to release)
+        pass
+
 def _read_csv(path: Path, **kw) -> pd.DataFrame:
     "CSV → DataFrame with pyarrow's parser (multi-threaded), pandas' C parser when pyarrow cannot read it."
     try:
-        return pd.read_csv(path, engine="pyarrow", **kw)
+        frame = pd.read_csv(path, engine="pyarrow", **kw)
+        _release_arrow_memory()
+        return frame
     except Exception:  # noqa: BLE001 (pyarrow's errors are of several kinds; the C parser decides)
         return pd.read_csv(path, skipinitialspace=True, **kw)
 
@@ -477,14 +488,16 @@ def _check_rows(long: pd.DataFrame, where: str, allow_jumps: bool, notes: list) 
         i = int(np.flatnonzero(long["close"].isna().to_numpy())[0])
         raise _refuse(where, f"row {long['_row'].iloc[i]}: no close price for {long['asset'].iloc[i]} at "
                              f"{long['timestamp'].iloc[i].isoformat()}; fill the price or delete the row")
-    if not (long["asset"].to_numpy()[1:] >= long["asset"].to_numpy()[:-1]).all() or \
-            not long.groupby("asset", sort=False)["timestamp"].is_monotonic_increasing.all():
+    if not keys_sorted(long["asset"], long["timestamp"]) and (
+            not (long["asset"].to_numpy()[1:] >= long["asset"].to_numpy()[:-1]).all() or
+            not long.groupby("asset", sort=False)["timestamp"].is_monotonic_increasing.all()):
         descending = long.groupby("asset", sort=False)["timestamp"].is_monotonic_decreasing.all()
         long = long.sort_values(["asset", "timestamp"], kind="stable", ignore_index=True)
         notes.append("rows sorted by time (the file was newest first)" if descending else "rows sorted by asset and time")
     if not allow_jumps:
         c = long["close"].to_numpy()
-        same = long["asset"].to_numpy()[1:] == long["asset"].to_numpy()[:-1]
+        codes = pd.factorize(long["asset"])[0]
+        same = codes[1:] == codes[:-1]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = c[1:] / c[:-1]
         jump = same & ((ratio > MAX_JUMP) | (ratio < 1 / MAX_JUMP))
@@ -498,6 +511,8 @@ def _check_rows(long: pd.DataFrame, where: str, allow_jumps: bool, notes: list) 
 def collapse_duplicates(long: pd.DataFrame, where: str, notes: list) -> pd.DataFrame:
     """Collapse rows that repeat an asset and timestamp with the same values (a note says how many); refuse
     (`DataError`) two rows with different values, naming the timestamp, the asset, both values and both rows."""
+    if keys_sorted(long["asset"], long["timestamp"]):
+        return long
     key = long.duplicated(["asset", "timestamp"], keep=False).to_numpy()
     if not key.any():
         return long
@@ -546,10 +561,24 @@ def frequency_label(index: pd.DatetimeIndex) -> str:
         gaps = int((steps != bar.value).sum())
         return f"{bar_words(bar)} bars" + (f", {gaps} gap(s)" if gaps else "")
 
+def uniform_bar(long: pd.DataFrame) -> tuple[int | None, np.ndarray, np.ndarray]:
+    """`(bar, names, counts)`: the one step in ns between consecutive rows of every asset when the rows are in
+    order (`keys_sorted`) and all those steps are equal, else `None`; the asset names in order and their numbers
+    of rows. The fast path of the frequency checks of a large regular file."""
+    codes, names = pd.factorize(long["asset"])
+    counts = np.bincount(codes[codes >= 0], minlength=len(names)) if len(codes) else np.zeros(0, dtype=np.int64)
+    if not keys_sorted(long["asset"], long["timestamp"]):
+        return None, np.asarray(names, dtype=object), counts
+    steps = np.diff(long["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64))[np.diff(codes) == 0]
+    bar = int(steps[0]) if len(steps) and (steps == steps[0]).all() else None
+    return bar, np.asarray(names, dtype=object), counts
+
 def check_frequencies(long: pd.DataFrame, where: str, notes: list) -> None:
     """Refuse an asset whose rows mix bar lengths (a step shorter than its usual bar, or not a whole number of
     bars: e.g. daily and hourly files of one asset under one source), naming the asset, the row and both steps.
     Missing bars (steps of whole bars) are allowed, counted in a note."""
+    if uniform_bar(long)[0] is not None:   # one bar everywhere: nothing mixed, nothing missing
+        return
     bounds = np.flatnonzero(long["asset"].to_numpy()[1:] != long["asset"].to_numpy()[:-1]) + 1
     ts = long["timestamp"].to_numpy(dtype="datetime64[ns]")
     missing = {}
@@ -608,6 +637,7 @@ def import_file(path, asset: str | None = None, allow_jumps: bool = False) -> Pr
     if layout == "ohlcv" and "open_time" in {str(c).lower() for c in frame.columns}:
         layout = "binance"  # Binance's kline columns with a symbol column (python-binance dumps)
     del frame  # the raw table is no longer needed: free it before the checks copy columns
+    _release_arrow_memory()
     long = _check_rows(long, where, allow_jumps, notes)
     long = collapse_duplicates(long, where, notes)
     check_frequencies(long, where, notes)
@@ -637,10 +667,13 @@ def import_files(paths, asset: str | None = None, source: str | None = None,
     bars: dict[tuple, tuple] = {}
     for f in files:
         src = source or f.source
-        for a, ts in f.frame.groupby("asset", sort=False)["timestamp"]:
-            if len(ts) < 3:
-                continue
-            bar = _gap_steps(ts.to_numpy(dtype="datetime64[ns]"))[0]
+        step, names, counts = uniform_bar(f.frame)
+        if step is not None:   # in order, one bar for every asset (the usual large file): no per-asset pass
+            groups = ((a, None) for a, n in zip(names, counts) if n >= 3)
+        else:
+            groups = ((a, ts) for a, ts in f.frame.groupby("asset", sort=False)["timestamp"] if len(ts) >= 3)
+        for a, ts in groups:
+            bar = pd.Timedelta(step, "ns") if ts is None else _gap_steps(ts.to_numpy(dtype="datetime64[ns]"))[0]
             seen = bars.setdefault((src, a), (bar, f.path))
             if seen[0] != bar:
                 raise DataError(f"{f.path}: {bar_words(bar)} bars of {a}, but {seen[1]} has {bar_words(seen[0])} bars of it "

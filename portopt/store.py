@@ -141,6 +141,28 @@ CREATE INDEX backtests_data_hash ON backtests (json_extract(config, '$.data_hash
 ALTER TABLE runs ADD COLUMN lease_until TEXT;
 ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 CREATE UNIQUE INDEX runs_unit ON runs (unit)"""),
+    # 4: prices for bulk imports: integer ids for asset and source, epoch-second ts, epoch-microsecond recorded_at,
+    # no (ts, asset) index; `prices` becomes a view with the old columns and text formats (README "Import speed")
+    (4, """CREATE TABLE price_assets (id INTEGER PRIMARY KEY, asset TEXT NOT NULL UNIQUE REFERENCES assets(asset));
+CREATE TABLE price_sources (id INTEGER PRIMARY KEY, source TEXT NOT NULL UNIQUE);
+CREATE TABLE price_bars (
+    asset_id INTEGER NOT NULL, ts INTEGER NOT NULL, source_id INTEGER NOT NULL,
+    open REAL, high REAL, low REAL, close REAL NOT NULL CHECK (close > 0), volume REAL, market_cap REAL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (asset_id, ts, source_id)) WITHOUT ROWID;
+INSERT INTO price_assets (asset) SELECT DISTINCT asset FROM prices ORDER BY asset;
+INSERT INTO price_sources (source) SELECT DISTINCT source FROM prices ORDER BY source;
+INSERT INTO price_bars (asset_id, ts, source_id, open, high, low, close, volume, market_cap, recorded_at)
+    SELECT a.id, CAST(strftime('%s', p.ts) AS INTEGER), s.id, p.open, p.high, p.low, p.close, p.volume, p.market_cap,
+           CAST(strftime('%s', substr(p.recorded_at, 1, 19)) AS INTEGER) * 1000000 + CAST(substr(p.recorded_at, 21, 6) AS INTEGER)
+    FROM prices p JOIN price_assets a ON a.asset = p.asset JOIN price_sources s ON s.source = p.source
+    ORDER BY a.id, 2, s.id;
+DROP INDEX prices_ts;
+DROP TABLE prices;
+CREATE VIEW prices AS SELECT a.asset AS asset, strftime('%Y-%m-%dT%H:%M:%SZ', b.ts, 'unixepoch') AS ts, s.source AS source,
+    b.open AS open, b.high AS high, b.low AS low, b.close AS close, b.volume AS volume, b.market_cap AS market_cap,
+    strftime('%Y-%m-%dT%H:%M:%S', b.recorded_at / 1000000, 'unixepoch') || printf('.%06dZ', b.recorded_at % 1000000) AS recorded_at
+    FROM price_bars b JOIN price_assets a ON a.id = b.asset_id JOIN price_sources s ON s.id = b.source_id"""),
     # 5: identity, not names (issue 14): a portfolio has an immutable id (a text uuid) and its name is unique per owner;
     # holdings, optimizations, reallocations, alerts and backtests reference the id, ON DELETE CASCADE, so a deleted
     # portfolio's rows go with it and a re-created name starts empty. Rows are attached by the name they carried;
@@ -482,38 +504,58 @@ def _counted_upsert(conn: sqlite3.Connection, sql: str, rows: list, table: str, 
     inserted = conn.execute(count, (value,)).fetchone()[0] - before
     return WriteResult(inserted, changed - inserted, len(rows) - changed)
 
-# Bulk price writes: many rows per statement (`INSERT ... SELECT ... FROM (VALUES ...)`), the source and the
-# recording time bound once per statement, parameters built column-wise with NumPy. Python's per-row
-# `executemany` cost about twice as much per row as this, on the same SQLite work (bench/import.py measures it).
+# Bulk price writes (schema version 4, README "Import speed"): rows go to `price_bars` in primary-key order
+# (asset_id, ts, source_id), so a new series appends to the B-tree; many rows per statement
+# (`INSERT ... SELECT ... FROM (VALUES ...)`), the source id and the recording time bound once per statement,
+# parameters built column-wise with NumPy (Python's per-row `executemany` cost about a third more per row).
 _PRICE_ROWS_PER_STATEMENT = 4000  # × 8 parameters, under SQLite's limit of 32,766
-_PRICE_BATCH = 200_000            # rows converted to Python objects at a time (bounds the memory of a large import)
+_PRICE_BATCH = 40_000             # rows converted to Python objects at a time (bounds the memory of a large import)
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 def _price_upsert_sql(n: int) -> str:
-    "The upsert of `n` price rows: parameters `source, recorded_at`, then 8 per row (asset, ts, OHLC, volume, market cap)."
+    "The upsert of `n` price rows: parameters `source_id, recorded_at`, then 8 per row (asset_id, ts, OHLC, volume, market cap)."
     values = ",".join(["(?,?,?,?,?,?,?,?)"] * n)
-    return f"""INSERT INTO prices (asset, ts, source, open, high, low, close, volume, market_cap, recorded_at)
+    return f"""INSERT INTO price_bars (asset_id, ts, source_id, open, high, low, close, volume, market_cap, recorded_at)
 SELECT column1, column2, ?1, column3, column4, column5, column6, column7, column8, ?2 FROM (VALUES {values}) WHERE true
-ON CONFLICT (asset, ts, source) DO UPDATE SET
+ON CONFLICT (asset_id, ts, source_id) DO UPDATE SET
     open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
     volume = excluded.volume, market_cap = excluded.market_cap, recorded_at = excluded.recorded_at
-WHERE prices.open IS NOT excluded.open OR prices.high IS NOT excluded.high OR prices.low IS NOT excluded.low
-   OR prices.close IS NOT excluded.close OR prices.volume IS NOT excluded.volume
-   OR prices.market_cap IS NOT excluded.market_cap"""
+WHERE price_bars.open IS NOT excluded.open OR price_bars.high IS NOT excluded.high OR price_bars.low IS NOT excluded.low
+   OR price_bars.close IS NOT excluded.close OR price_bars.volume IS NOT excluded.volume
+   OR price_bars.market_cap IS NOT excluded.market_cap"""
 
-def _iso_seconds(ts: pd.Series) -> np.ndarray:
-    "UTC timestamps as stored text (`to_iso`), vectorized: an object array of `YYYY-MM-DDTHH:MM:SSZ`."
-    text = np.datetime_as_string(ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[s]"), unit="s")
-    return np.char.add(text, "Z").astype(object)
+def _epoch(t) -> int:
+    "A timestamp (naive = UTC) as stored in `price_bars.ts`: whole epoch seconds (the fraction dropped, as `to_iso` does)."
+    return to_utc(t).value // 10**9
 
-def _price_parameters(long: pd.DataFrame) -> "Iterator[list]":
-    "The flat parameter lists of a validated long frame, `_PRICE_BATCH` rows at a time (NaN becomes NULL)."
-    for start in range(0, len(long), _PRICE_BATCH):
-        part = long.iloc[start:start + _PRICE_BATCH]
-        block = np.empty((len(part), 8), dtype=object)
-        block[:, 0] = part["asset"].astype(str).to_numpy(dtype=object)
-        block[:, 1] = _iso_seconds(part["timestamp"])
-        for j, col in enumerate(("open", "high", "low", "close", "volume", "market_cap"), start=2):
-            v = part[col].to_numpy(dtype=float)
+def _epoch_seconds(ts: pd.Series) -> np.ndarray:
+    "UTC timestamps as `price_bars.ts`, vectorized: int64 epoch seconds (the fraction dropped, as `to_iso` does)."
+    return ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)
+
+def _micros(stamp: str) -> int:
+    "A `utc_now()` text as `price_bars.recorded_at`: epoch microseconds (the view shows the same text again)."
+    return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()) * 10**6 + int(stamp[20:26])
+
+def _name_ids(conn: sqlite3.Connection, table: str, col: str, names) -> dict:
+    "The surrogate ids of `names` in `price_assets` or `price_sources`, adding the missing ones."
+    names = sorted(set(names))
+    conn.executemany(f"INSERT INTO {table} ({col}) VALUES (?) ON CONFLICT ({col}) DO NOTHING", [(n,) for n in names])
+    ids = {}
+    for i in range(0, len(names), 10_000):
+        part = names[i:i + 10_000]
+        ids.update({n: k for k, n in conn.execute(f"SELECT id, {col} FROM {table} WHERE {col} IN ({','.join('?' * len(part))})", part)})
+    return ids
+
+def _price_parameters(asset_id: np.ndarray, ts: np.ndarray, long: pd.DataFrame) -> "Iterator[np.ndarray]":
+    "Row blocks of parameters (asset_id, ts, OHLC, volume, market cap; NaN becomes NULL), `_PRICE_BATCH` rows at a time."
+    cols = [long[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close", "volume", "market_cap")]
+    for start in range(0, len(ts), _PRICE_BATCH):
+        stop = min(start + _PRICE_BATCH, len(ts))
+        block = np.empty((stop - start, 8), dtype=object)
+        block[:, 0] = asset_id[start:stop].tolist()
+        block[:, 1] = ts[start:stop].tolist()
+        for j, v in enumerate(cols, start=2):
+            v = v[start:stop]
             block[:, j] = v
             nan = np.isnan(v)
             if nan.any():
@@ -524,16 +566,68 @@ def _write_price_statement(conn: sqlite3.Connection, sql: str, params: list) -> 
     "Run one bulk upsert statement (the unit a crash can interrupt: the transaction around it decides)."
     conn.execute(sql, params)
 
-def _upsert_prices(conn: sqlite3.Connection, long: pd.DataFrame, source: str, now: str) -> int:
-    "Upsert a validated long frame's prices under `source`; returns the number of rows changed (inserted or updated)."
-    changes0, full = conn.total_changes, _price_upsert_sql(_PRICE_ROWS_PER_STATEMENT)
-    k = _PRICE_ROWS_PER_STATEMENT
-    for block in _price_parameters(long):
+def _statements(asset_id: np.ndarray, ts: np.ndarray, long: pd.DataFrame, source_id: int, recorded: int) -> "Iterator[tuple]":
+    "`(sql, parameters)` of the bulk upserts, `_PRICE_ROWS_PER_STATEMENT` rows each."
+    k, full = _PRICE_ROWS_PER_STATEMENT, _price_upsert_sql(_PRICE_ROWS_PER_STATEMENT)
+    for block in _price_parameters(asset_id, ts, long):
         for i in range(0, len(block), k):
             rows = block[i:i + k]
-            _write_price_statement(conn, full if len(rows) == k else _price_upsert_sql(len(rows)),
-                                   [source, now, *rows.ravel().tolist()])
-    return conn.total_changes - changes0
+            yield full if len(rows) == k else _price_upsert_sql(len(rows)), [source_id, recorded, *rows.ravel().tolist()]
+
+def _prefetched(items, depth: int = 8):
+    """Iterate `items` produced by a helper thread, `depth` ahead: the parameters of the next statements are built
+    while SQLite runs the current one (the sqlite3 module releases the GIL inside SQLite). An error in the
+    producer is raised here, in the caller's thread."""
+    import queue
+    import threading
+    q, done, stop = queue.Queue(depth), object(), threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 (handed to the consumer, which raises it)
+            q.put(e)
+
+    worker = threading.Thread(target=produce, daemon=True, name="portopt-price-parameters")
+    worker.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+def _upsert_prices(conn: sqlite3.Connection, long: pd.DataFrame, source: str, now: str) -> WriteResult:
+    """Upsert a validated long frame's prices under `source`, in key order; returns what it did. Only rows of the
+    batch's assets inside its time span can change, so inserted rows are counted on that key range alone (and not
+    at all when the range held no row, or when nothing changed)."""
+    source_id = _name_ids(conn, "price_sources", "source", [source])[source]
+    codes, names = pd.factorize(long["asset"])
+    ids = _name_ids(conn, "price_assets", "asset", names)
+    asset_id = np.array([ids[n] for n in names], dtype=np.int64)[codes]
+    ts = _epoch_seconds(long["timestamp"])
+    if len(ts) > 1 and not ((np.diff(asset_id) > 0) | ((np.diff(asset_id) == 0) & (np.diff(ts) > 0))).all():
+        order = np.lexsort((ts, asset_id))
+        asset_id, ts, long = asset_id[order], ts[order], long.iloc[order]
+    span = "SELECT count(*) FROM price_bars WHERE asset_id IN (SELECT value FROM json_each(?)) AND ts BETWEEN ? AND ? AND source_id = ?"
+    args = (json.dumps(sorted(ids.values())), int(ts.min()), int(ts.max()), source_id)
+    before, changes0 = conn.execute(span, args).fetchone()[0], conn.total_changes
+    for sql, params in _prefetched(_statements(asset_id, ts, long, source_id, _micros(now))):
+        _write_price_statement(conn, sql, params)
+    changed = conn.total_changes - changes0
+    inserted = changed if before == 0 else 0 if changed == 0 else conn.execute(span, args).fetchone()[0] - before
+    return WriteResult(inserted, changed - inserted, len(long) - changed)
 
 class SQLiteStore(Store):
     """The embedded store: one SQLite file in WAL mode.
@@ -641,16 +735,14 @@ class SQLiteStore(Store):
             checked.append((validate_long(frame, f"prices from {source}"), source))
         now, results = utc_now(), []
         with self._transaction() as conn:
-            conn.execute("PRAGMA cache_size = -262144")  # 256 MB of page cache: the (ts, asset) index is written out of order
+            # 32 MB of page cache: rows arrive in key order, so an import touches few pages at a time (the page cache
+            # is process memory: 256 MB, needed by the old out-of-order (ts, asset) index, made the peak 5 × the file)
+            conn.execute("PRAGMA cache_size = -32768")
             for long, source in checked:
                 assets = sorted(long["asset"].unique())
                 conn.executemany("INSERT INTO assets (asset, updated_at) VALUES (?, ?) ON CONFLICT (asset) DO NOTHING",
                                  [(a, now) for a in assets])
-                count = "SELECT count(*) FROM prices WHERE source = ?"
-                before = conn.execute(count, (source,)).fetchone()[0]
-                changed = _upsert_prices(conn, long, source, now)
-                inserted = conn.execute(count, (source,)).fetchone()[0] - before
-                result = WriteResult(inserted, changed - inserted, len(long) - changed)
+                result = _upsert_prices(conn, long, source, now)
                 if result.changed:
                     self._event(conn, "prices", dict(source=source, assets=assets,
                                                      start=to_iso(long["timestamp"].min()), end=to_iso(long["timestamp"].max()),
@@ -661,31 +753,38 @@ class SQLiteStore(Store):
     def read_prices(self, assets=None, start=None, end=None, as_of=None, field="close", source=None):
         if field not in LONG_COLUMNS[2:]:
             raise ConfigError(f"unknown field {field!r}; choose one of {list(LONG_COLUMNS[2:])}")
-        where, args = ["1 = 1"], []
+        where, args = [], []
         if assets is not None:
             assets = list(assets)
-            where.append(f"asset IN ({','.join('?' * len(assets))})"); args += assets
-        for clause, value in (("ts >= ?", start), ("ts <= ?", end), ("ts <= ?", as_of)):
+            where.append(f"b.asset_id IN (SELECT id FROM price_assets WHERE asset IN ({','.join('?' * len(assets))}))"); args += assets
+        else:  # every asset: seek the key (asset_id, ts) per asset rather than scan the table for a time range
+            where.append("b.asset_id IN (SELECT id FROM price_assets)")
+        for clause, value in (("b.ts >= ?", start), ("b.ts <= ?", end), ("b.ts <= ?", as_of)):
             if value is not None:
-                where.append(clause); args.append(to_iso(value))
+                where.append(clause); args.append(_epoch(value))
         if source is not None:
-            where.append("source = ?"); args.append(source)
-        sql = f"""SELECT ts AS timestamp, asset, {field} FROM (
-                    SELECT ts, asset, {field}, ROW_NUMBER() OVER (
-                        PARTITION BY asset, ts ORDER BY recorded_at DESC, source) AS k
-                    FROM prices WHERE {' AND '.join(where)}) WHERE k = 1"""
+            where.append("s.source = ?"); args.append(source)
+        sql = f"""SELECT w.ts AS timestamp, a.asset AS asset, w.{field} AS {field} FROM (
+                    SELECT b.asset_id, b.ts, b.{field}, ROW_NUMBER() OVER (
+                        PARTITION BY b.asset_id, b.ts ORDER BY b.recorded_at DESC, s.source) AS k
+                    FROM price_bars b JOIN price_sources s ON s.id = b.source_id WHERE {' AND '.join(where)}) w
+                  JOIN price_assets a ON a.id = w.asset_id WHERE w.k = 1"""
         long = pd.read_sql_query(sql, self.conn, params=args)
         if long.empty:
             return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="timestamp"), columns=assets or [], dtype=float)
-        long["timestamp"] = pd.to_datetime(long["timestamp"], utc=True)
+        long["timestamp"] = pd.to_datetime(pd.Series(long["timestamp"].to_numpy(dtype=np.int64) * 10**6, dtype="datetime64[us]"), utc=True)
         wide = to_wide(long.reindex(columns=list(LONG_COLUMNS)).assign(**{field: long[field]}), field)
         if assets is not None:
             wide = wide.reindex(columns=[a for a in assets if a in wide.columns])
         return wide
 
     def price_coverage(self):
-        return pd.read_sql_query("""SELECT source, asset, min(ts) AS first, max(ts) AS last, count(*) AS prices
-                                    FROM prices GROUP BY source, asset ORDER BY source, asset""", self.conn)
+        return pd.read_sql_query(f"""SELECT s.source, a.asset, strftime('{_TS_FORMAT}', c.first, 'unixepoch') AS first,
+                                        strftime('{_TS_FORMAT}', c.last, 'unixepoch') AS last, c.n AS prices
+                                    FROM (SELECT source_id, asset_id, min(ts) AS first, max(ts) AS last, count(*) AS n
+                                          FROM price_bars GROUP BY source_id, asset_id) c
+                                    JOIN price_sources s ON s.id = c.source_id JOIN price_assets a ON a.id = c.asset_id
+                                    ORDER BY s.source, a.asset""", self.conn)
 
     # -- results --------------------------------------------------------------------------
     def write_optimization(self, strategy, params, weights, metrics, as_of=None, portfolio=None, run_id=None):

@@ -5,12 +5,13 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import FIXTURES, dump
 
 from portopt.data import load_prices, read_price_file
-from portopt.store import SQLiteStore
+from portopt.store import SQLiteStore, WriteResult
 
 SOL, USDC, STOCKS = FIXTURES / "sol-usd-max.csv", FIXTURES / "usdc-usd-max.csv", FIXTURES / "tests_stock_prices.csv"
 
@@ -121,3 +122,55 @@ def test_unsorted_rows_are_sorted_with_a_note(tmp_path):
     f = import_file(_variant(tmp_path, "sol-unsorted.csv", lambda l: [l[0], l[2], l[1]] + l[3:]))
     assert f.frame["timestamp"].is_monotonic_increasing and len(f.frame) == 887
     assert "rows sorted by asset and time" in f.notes
+
+
+def _long_ohlcv(path, assets=100, bars=2000, seed=3):
+    "A long OHLCV file as bench/import.py writes it (ISO 8601 hourly bars), `assets × bars` rows; returns the frame."
+    rng = np.random.default_rng(seed)
+    stamps = pd.date_range("2021-01-01", periods=bars, freq="h", tz="UTC")
+    parts = []
+    for k in range(assets):
+        close = np.round(100 * np.exp(np.cumsum(rng.normal(0, 0.01, bars))), 6)
+        parts.append(pd.DataFrame({"timestamp": stamps, "asset": f"A{k:04d}", "open": np.round(close * 0.999, 6),
+                                   "high": np.round(close * 1.002, 6), "low": np.round(close * 0.997, 6), "close": close,
+                                   "volume": np.round(rng.uniform(1, 1e6, bars), 6)}))
+    frame = pd.concat(parts, ignore_index=True)
+    frame.assign(timestamp=frame["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(path, index=False, float_format="%.6f")
+    return frame
+
+
+def test_a_large_long_file_imports_exactly_and_a_reimport_changes_nothing(tmp_path, store_path):
+    "200,000 rows through the bulk path: exact counts and values; the same file again leaves the store byte-identical."
+    from portopt.data import import_files
+    f = tmp_path / "ohlcv.csv"
+    frame = _long_ohlcv(f)
+
+    def run():
+        with SQLiteStore(store_path) as st:
+            _, batches, _ = import_files([f])
+            return st.write_prices_many([(b, s) for s, b in batches.items()])
+
+    assert run() == [WriteResult(200_000, 0, 0)]
+    before = dump(store_path)
+    with SQLiteStore(store_path) as st:
+        cov = st.price_coverage()
+        assert cov["prices"].tolist() == [2000] * 100 and set(cov["source"]) == {"file:ohlcv.csv"}
+        assert (cov["first"] == "2021-01-01T00:00:00Z").all() and (cov["last"] == "2021-03-25T07:00:00Z").all()
+        for field in ("close", "volume", "open"):
+            wide = st.read_prices(field=field)
+            expected = frame.pivot(index="timestamp", columns="asset", values=field)
+            assert wide.shape == (2000, 100) and np.array_equal(wide.to_numpy(), expected.to_numpy())
+        assert len(st.read_events("prices")) == 1
+        recorded = st.conn.execute("SELECT DISTINCT recorded_at FROM prices").fetchall()
+    assert run() == [WriteResult(0, 0, 200_000)]
+    assert dump(store_path) == before  # not a recorded_at, not an outbox row
+    # change 3 closes and append one bar: only those rows are written, the rest keep their recorded_at
+    changed = frame.copy()
+    changed.loc[[5, 70_000, 199_999], "close"] *= 1.01
+    extra = changed[changed["asset"] == "A0007"].tail(1).assign(timestamp=pd.Timestamp("2021-03-25T08:00:00Z"))
+    changed = pd.concat([changed, extra], ignore_index=True)
+    with SQLiteStore(store_path) as st:
+        assert st.write_prices(changed, "file:ohlcv.csv") == WriteResult(1, 3, 200_000 - 3)
+        rows = st.conn.execute("SELECT recorded_at, count(*) FROM prices GROUP BY recorded_at ORDER BY recorded_at").fetchall()
+        assert rows[0] == (recorded[0][0], 200_000 - 3) and rows[1][1] == 4 and len(rows) == 2
+        assert st.read_prices(["A0000"]).iloc[5, 0] == changed.loc[5, "close"]

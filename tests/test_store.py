@@ -14,7 +14,7 @@ from portopt.store import SCHEMA_VERSION, TABLES, SQLiteStore, ensure_dataset
 
 def test_schema_has_the_design_tables_and_refuses_a_newer_store(store_path):
     with SQLiteStore(store_path) as st:
-        names = {r[0] for r in st.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        names = {r[0] for r in st.conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         assert set(TABLES) <= names and st.schema_version == SCHEMA_VERSION
         st.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer than this portopt"):
@@ -72,7 +72,7 @@ def test_readers_are_not_blocked_by_an_open_write(store_path):
         st.write_prices(long, "coingecko")
     writer = sqlite3.connect(store_path, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
-    writer.execute("DELETE FROM prices")  # not committed
+    writer.execute("DELETE FROM price_bars")  # not committed (`prices` is a view over price_bars)
     with SQLiteStore(store_path, timeout=1) as reader:
         assert len(reader.read_prices(["USDC"])) == 1441  # WAL: the reader sees the last commit at once
     writer.execute("ROLLBACK")
@@ -293,3 +293,46 @@ def test_a_version_3_store_is_migrated_with_each_row_on_its_portfolio(store_path
         st.upsert_portfolio("a")
         assert st.read_holdings("a").empty and st.read_reallocations("a").empty and st.read_backtest("t-a") is None
         assert st.conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_a_v3_store_with_prices_migrates_and_reads_back_identical_frames(tmp_path, monkeypatch):
+    "Version 4 moves `prices` into `price_bars` behind a view: every row, text and read stays what it was."
+    from portopt.store import MIGRATIONS, to_iso
+    monkeypatch.setenv("PORTOPT_ALLOW_DATES", "1")  # an 1850 price: epoch seconds before 1970
+    sol, _ = read_price_file(FIXTURES / "sol-usd-max.csv")
+    usdc, _ = read_price_file(FIXTURES / "usdc-usd-max.csv")
+    other = sol.assign(close=sol["close"] * 1.01)
+    other.loc[other.index[:5], "volume"] = float("nan")
+    gold = pd.DataFrame({"timestamp": pd.to_datetime(["1850-01-01", "1850-01-02"], utc=True), "asset": "GOLD", "close": 20.67})
+    batches = [(sol, "coingecko", "2024-01-01T00:00:00.000001Z"), (usdc, "coingecko", "2024-01-01T00:00:00.000001Z"),
+               (other, "exchange", "2024-02-01T10:20:30.123456Z"), (gold, "archive", "2024-03-01T00:00:00.999999Z")]
+    old = tmp_path / "v3.sqlite"
+    conn = sqlite3.connect(old, isolation_level=None)
+    for version, sql in MIGRATIONS[:3]:
+        for statement in filter(str.strip, sql.split(";")):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 3")
+    rows = []
+    for frame, source, at in batches:
+        for r in frame.reindex(columns=["timestamp", "asset", "open", "high", "low", "close", "volume", "market_cap"]).itertuples(index=False):
+            rows.append((r.asset, to_iso(r.timestamp), source, *[None if pd.isna(v) else float(v) for v in r[2:]], at))
+    conn.executemany("INSERT OR IGNORE INTO assets (asset, updated_at) VALUES (?, 'x')", [(r[0],) for r in rows])
+    conn.executemany("INSERT INTO prices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.close()
+    fresh = tmp_path / "v4.sqlite"
+    with SQLiteStore(fresh) as st:
+        for frame, source, _ in batches:
+            st.write_prices(frame, source)
+    with SQLiteStore(old) as st, SQLiteStore(fresh) as new:
+        assert st.schema_version == SCHEMA_VERSION >= 4
+        assert st.conn.execute("SELECT type FROM sqlite_master WHERE name = 'prices'").fetchone()[0] == "view"
+        assert st.conn.execute("SELECT * FROM prices ORDER BY asset, ts, source").fetchall() == sorted(rows)
+        assert st.conn.execute("SELECT count(*) FROM prices WHERE asset = 'GOLD' AND ts LIKE '1850-%'").fetchone()[0] == 2
+        pd.testing.assert_frame_equal(st.price_coverage(), new.price_coverage())
+        for kw in [{}, dict(assets=["SOL", "USDC"]), dict(assets=["SOL"], source="coingecko"), dict(start="2021-01-01"),
+                   dict(end="2020-06-01 12:30", field="volume"), dict(as_of="2022-02-02"), dict(assets=["GOLD"]),
+                   dict(assets=["NOPE"])]:
+            got, want = st.read_prices(**kw), new.read_prices(**kw)
+            pd.testing.assert_frame_equal(got, want, check_exact=True)
+        assert (st.read_prices(["SOL"])["SOL"].to_numpy() == other["close"].to_numpy()).all()  # the later recording wins
+        assert st.write_prices(sol, "coingecko").changed == 0  # upserts meet the migrated keys
