@@ -26,12 +26,12 @@ from .reports import run_report
 from .store import open_store
 
 # %% auto #0
-__all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt', 'SourceOpt',
-           'MissingOpt', 'ViewsOpt', 'MaxFillOpt', 'portfolio_app', 'collect_app', 'ConfigFileOpt', 'supabase_app',
-           'Loaded', 'run', 'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'portfolio_create',
-           'portfolio_holdings', 'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_',
-           'collect_solana_', 'listen', 'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate',
-           'main', 'sweep_']
+__all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt',
+           'PERCENT_COLUMNS', 'RATIO_COLUMNS', 'MONEY_COLUMNS', 'COUNT_COLUMNS', 'SourceOpt', 'MissingOpt', 'ViewsOpt',
+           'MaxFillOpt', 'portfolio_app', 'collect_app', 'ConfigFileOpt', 'supabase_app', 'human_table', 'Loaded',
+           'run', 'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'portfolio_create', 'portfolio_holdings',
+           'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_', 'collect_solana_', 'listen',
+           'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate', 'main', 'sweep_']
 
 # %% ../nbs/90_cli.ipynb #8ed55e42
 from .config import UsageError, name_list, nonnegative, one_line, parse_date, positive, positive_int
@@ -87,8 +87,45 @@ def _split(s: str | None) -> list[str] | None:
     return None if not s else [a.strip() for a in s.split(",") if a.strip()]
 
 def _echo_table(frame: pd.DataFrame) -> None:
+    "Print `frame` for a person (`human_table`); the `--json` output keeps the raw numbers."
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        typer.echo(frame.to_string())
+        typer.echo(human_table(frame).to_string())
+
+# %% ../nbs/90_cli.ipynb #c8f2d3e4
+PERCENT_COLUMNS = ("weight", "risk contribution", "total_return", "annualized_return", "annualized_return_low", "annualized_return_high",
+                   "annualized_volatility", "max_drawdown", "mean_turnover", "total_costs", "expected_return", "volatility", "cvar")
+RATIO_COLUMNS = ("sharpe", "sharpe_low", "sharpe_high", "psr", "dsr", "sortino", "calmar")
+MONEY_COLUMNS = ("value", "fee", "shortfall", "price")
+COUNT_COLUMNS = ("window", "rebalance_every", "rebalances", "failures", "rows", "trials")
+
+def _no_negative_zero(s: str) -> str:
+    return s[1:] if s.startswith("-") and not any(ch in "123456789" for ch in s) else s
+
+def human_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (any index) with its numeric columns as text for a person, by column name: `PERCENT_COLUMNS`
+    (fractions) as percentages with 2 decimals, `RATIO_COLUMNS` with 3 decimals, `MONEY_COLUMNS` (quote currency)
+    with thousands separators and 2 decimals, `COUNT_COLUMNS` as integers, `*_bps` with 1 decimal, any other
+    number with 4 decimals; NaN as ''. Text and boolean columns are left as they are."""
+    out = frame.copy()
+    for c in out.columns:
+        col = out[c]
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            continue
+        name = str(c)
+        if name in PERCENT_COLUMNS:
+            fmt = "{:.2%}"
+        elif name in RATIO_COLUMNS:
+            fmt = "{:.3f}"
+        elif name in MONEY_COLUMNS:
+            fmt = "{:,.2f}"
+        elif name in COUNT_COLUMNS or pd.api.types.is_integer_dtype(col):
+            fmt = "{:,.0f}"
+        elif name.endswith("bps"):
+            fmt = "{:,.1f}"
+        else:
+            fmt = "{:,.4f}"
+        out[c] = col.map(lambda x, fmt=fmt: "" if pd.isna(x) else _no_negative_zero(fmt.format(x)))
+    return out
 
 # %% ../nbs/90_cli.ipynb #d4c1e7a2
 SourceOpt = Annotated[Optional[str], typer.Option("--source", help="Prices from the store by source name (see `portopt data`); 'a,b': several, the first named wins where both have a price.")]
@@ -392,19 +429,31 @@ def data_(json_: JsonOpt = False, store: StoreOpt = None):
 def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in the store ('demo' is created on the bundled data if absent).")],
                 as_of: AsOfOpt = None,
                 execute: Annotated[Optional[str], typer.Option(help="'paper': apply the plan to the stored holdings at impact-adjusted prices.")] = None,
-                store: StoreOpt = None, json_: JsonOpt = False):
-    "Decide whether a portfolio needs trades: no reallocation, a plan, or a failed-liquidity report; saved in the store."
+                window: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--window"), help="Periods of returns the target sees, this run only (default: the portfolio's setting).")] = None,
+                periods_per_year: PPYOpt = None, missing: Annotated[Optional[str], typer.Option("--missing", help="A missing price in the window, this run only: exclude, ffill (with --max-fill), raise (default: the portfolio's setting).")] = None,
+                max_fill: MaxFillOpt = None, store: StoreOpt = None, json_: JsonOpt = False):
+    """Decide whether a portfolio needs trades: no reallocation, a plan, or a failed-liquidity report; saved in the store.
+    The portfolio's settings (`portopt portfolio show NAME`) decide the window, periods per year and missing-data
+    policy; the options override them for this run, and the settings used are printed and stored with the decision."""
     from portopt.reallocate import ensure_demo_portfolio, reallocate_portfolio
     with open_store(store) as st:
         if portfolio == "demo":
             ensure_demo_portfolio(st)
-        status, decision, rid = reallocate_portfolio(st, portfolio, as_of=as_of, execute=execute)
+        status, decision, rid = reallocate_portfolio(st, portfolio, as_of=as_of, execute=execute,
+                                                     overrides=dict(window=window, periods_per_year=periods_per_year, missing=missing, max_fill=max_fill))
         stored_plan = st.read_reallocations(portfolio).set_index("id").loc[rid, "plan"]
         if json_:
             typer.echo(json.dumps(dict(status=status, id=rid, plan=stored_plan), indent=2, default=str))
             return
     reason = decision.reason if decision is not None else stored_plan.get("reason")
     typer.echo(f"{portfolio}: {status}" + (f" — {reason}" if reason else ""))
+    used = stored_plan.get("settings") or {}
+    freq = (stored_plan.get("frequency") or {})
+    typer.echo(f"settings: strategy {stored_plan.get('strategy') or used.get('strategy')}, window {used.get('window')} periods, "
+               + (f"frequency: {freq.get('label')}, {freq.get('periods_per_year'):,} periods a year, {'inferred' if freq.get('inferred') else 'given'}"
+                  if freq else f"periods per year {used.get('periods_per_year') or 'inferred'}")
+               + f", missing {used.get('missing')}" + (f" (max fill {used['max_fill']})" if used.get("max_fill") else "")
+               + (f"; for this run: {', '.join(f'{k}={v}' for k, v in stored_plan['overrides'].items())}" if stored_plan.get("overrides") else ""))
     for note in (decision.notes if decision is not None else []):
         typer.echo(f"note: {note}")
     if decision is not None and not decision.trades.empty:

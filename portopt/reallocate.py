@@ -331,13 +331,16 @@ def portfolio_drawdown(store, portfolio: str, holdings: pd.Series, as_of=None, d
     return float(value.iloc[-1] / value.max() - 1) if len(value) else 0.0
 
 def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None = None,
-                         band: tuple | None = None, target=None, extra: dict | None = None) -> tuple[str, Reallocation | None, str]:
+                         band: tuple | None = None, target=None, extra: dict | None = None,
+                         overrides: dict | None = None) -> tuple[str, Reallocation | None, str]:
     """The reallocation flow for a stored portfolio; returns `(status, decision, id)` where status is none_needed,
     planned, failed_liquidity, held or executed, and id is the `reallocations` row. `band` overrides the
     portfolio's tolerance band for this run. `target`: an `Allocation` already computed for this decision (the
     listener's, stored as an optimization), else the portfolio's strategy is optimized here; `extra`: more keys
-    for the stored plan (e.g. the optimization id). Raises `ConfigError` for an unknown portfolio or `execute`
-    other than None/"paper", `DataError` for missing holdings or prices."""
+    for the stored plan (e.g. the optimization id); `overrides`: settings for this run only over the portfolio's
+    stored ones (e.g. `{"window": 90, "missing": "ffill", "max_fill": 2}`; None values ignored), validated as
+    `PortfolioSettings` and recorded in the plan as `overrides`. Raises `ConfigError` for an unknown portfolio, bad
+    overrides or `execute` other than None/"paper", `DataError` for missing holdings or prices."""
     from portopt.clean import returns as simple_returns
     from portopt.optimize import estimation_window, optimize, portfolio_stats
     if execute not in (None, "paper"):
@@ -350,12 +353,16 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
         raise ConfigError(f"no portfolio {portfolio!r}; known: {sorted(store.read_portfolios()['portfolio'])}") from None
     pid, portfolio = row["id"], row["portfolio"]
     ps = portfolio_settings_from(row["settings"], portfolio)  # validated again on read
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if overrides:  # this run only, validated like stored settings
+        ps = portfolio_settings_from({**ps.stored(), **overrides}, portfolio)
     settings = ReallocationSettings.from_portfolio(ps, band=band)
     holdings = store.read_holdings(pid, as_of=as_of)
     if holdings.empty:
         raise DataError(f"portfolio {portfolio!r} has no holdings up to {as_of or 'now'}; write a snapshot first")
     assets = list(dict.fromkeys(list(ps.assets or []) + list(holdings.index)))
-    used = dict(settings=ps.stored(), window=ps.window, periods_per_year=ps.periods_per_year, strategy=ps.strategy)
+    used = dict(settings=ps.stored(), window=ps.window, periods_per_year=ps.periods_per_year, strategy=ps.strategy,
+                **({"overrides": overrides} if overrides else {}))
     when = to_utc(as_of) if as_of is not None else None
     guard = None
     try:

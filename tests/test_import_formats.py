@@ -126,7 +126,7 @@ def test_several_files_and_globs_in_one_call_then_reimport_changes_nothing(cli, 
                                                                   "rows": 744}
     assert "1 h" in row["frequency"] or "hour" in row["frequency"], row
     table = cli("data").stdout
-    assert "file:SOL_USDT_1d.csv" in table and "1000" in table
+    assert "file:SOL_USDT_1d.csv" in table and "1,000" in table  # rows with a thousands separator (human_table)
 
 
 def test_source_option_is_stored_with_each_price(cli, store_path):

@@ -122,6 +122,23 @@ def test_store_flow_guards_and_paper_execution(store_path):
         assert st.read_reallocations("guarded").loc[0, "status"] == "held"
 
 
+def test_reallocate_says_the_settings_it_used_and_takes_overrides_for_one_run(cli, store_path):
+    "The portfolio's stored settings decide; --window/--periods-per-year/--missing/--max-fill override them for one run, said and stored."
+    out = cli("reallocate", "demo", "--as-of", "2022-09-01").stdout
+    assert "settings: strategy risk_parity, window 180 periods, frequency: daily bars, 365 periods a year, given, missing exclude" in out
+    js = json.loads(cli("reallocate", "demo", "--as-of", "2022-09-01", "--window", "90", "--missing", "ffill", "--max-fill", "2",
+                        "--periods-per-year", "360", "--json").stdout)
+    plan = js["plan"]
+    assert plan["window"] == 90 and plan["periods_per_year"] == 360 and plan["frequency"]["inferred"] is False
+    assert plan["overrides"] == {"window": 90, "periods_per_year": 360, "missing": "ffill", "max_fill": 2}
+    assert plan["settings"]["window"] == 90 and plan["settings"]["missing"] == "ffill"
+    # the stored settings are unchanged: the next run uses them again
+    again = json.loads(cli("reallocate", "demo", "--as-of", "2022-09-01", "--json").stdout)["plan"]
+    assert again["window"] == 180 and "overrides" not in again
+    bad = cli("reallocate", "demo", "--missing", "bogus", check=False)
+    assert bad.returncode == 1 and bad.stderr == "error: portfolio 'demo' settings: missing: use exclude, ffill or raise (got 'bogus')\n"
+
+
 def test_reallocate_command_on_the_demo(cli, store_path):
     out = cli("reallocate", "demo", "--as-of", "2022-09-01").stdout
     assert out.startswith("demo: planned") and "costs: fees" in out
