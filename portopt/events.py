@@ -306,8 +306,10 @@ class Listener:
         self.store, self.papermill, self.poll_interval = store, papermill, poll_interval
         self.attempts, self.backoff, self.webhook = attempts, backoff, webhook
         self.lease, self.event_budget = float(lease), event_budget
-        if webhook:   # the notebooks' kernels inherit it: a secret reaches them by environment, never as a parameter
-            os.environ["PORTOPT_WEBHOOK"] = webhook
+        self._webhook_before = None
+        if webhook:   # the notebooks' kernels inherit it: a secret reaches them by environment, never as a parameter;
+            self._webhook_before = (os.environ.get("PORTOPT_WEBHOOK"),)   # put back by `close`: it must not outlive
+            os.environ["PORTOPT_WEBHOOK"] = webhook                        # this listener (later runs in the process)
         self.reports_dir, self.runs_dir = reports_dir, runs_dir
         self.db_url = db_url or (os.environ.get("SUPABASE_DB_URL") if isinstance(store, SupabaseStore) else None)
         if isinstance(store, SupabaseStore) and not self.db_url:
@@ -481,7 +483,16 @@ class Listener:
             self._listen_conn.execute("LISTEN portopt_events")
 
     def close(self) -> None:
-        "Close the database connections and shut the warm kernel down."
+        """Close the database connections, shut the warm kernel down and put `PORTOPT_WEBHOOK` back as it was before
+        this listener set it (a webhook given to one listener never reaches later work of the process: CI, 2026-12-01,
+        a test's listener left it pointing at its stopped server, and a later report run failed posting to it)."""
+        import os
+        if self._webhook_before is not None:
+            before, self._webhook_before = self._webhook_before[0], None
+            if before is None:
+                os.environ.pop("PORTOPT_WEBHOOK", None)
+            else:
+                os.environ["PORTOPT_WEBHOOK"] = before
         if self.kernel is not None:
             self.kernel.close()
         for c in (self._claim_conn, self._listen_conn):

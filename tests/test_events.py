@@ -470,3 +470,19 @@ def test_a_unit_claimed_by_name_before_ids_is_recovered_on_its_own_row(tmp_path)
         units = st.read_units()
         assert u.status == "succeeded" and u.run_id == old and u.portfolio_id == st.portfolio_id("fund")
         assert units["unit"].tolist() == ["rebalance:7:fund"] and units["status"].tolist() == ["succeeded"]
+
+
+def test_a_listeners_webhook_does_not_outlive_it(tmp_path, monkeypatch):
+    "The webhook reaches the notebooks' kernels by environment while the listener runs, and is put back when it closes."
+    from portopt.store import SQLiteStore
+    monkeypatch.delenv("PORTOPT_WEBHOOK", raising=False)
+    with SQLiteStore(tmp_path / "s.sqlite") as st:
+        listener = Listener(st, papermill=False, webhook="http://127.0.0.1:9/hook")
+        assert os.environ["PORTOPT_WEBHOOK"] == "http://127.0.0.1:9/hook"
+        listener.close()
+        assert "PORTOPT_WEBHOOK" not in os.environ
+        monkeypatch.setenv("PORTOPT_WEBHOOK", "http://127.0.0.1:9/own")
+        listener = Listener(st, papermill=False, webhook="http://127.0.0.1:9/hook")
+        listener.close()
+        listener.close()  # twice: still the process's own value
+        assert os.environ["PORTOPT_WEBHOOK"] == "http://127.0.0.1:9/own"
