@@ -376,7 +376,7 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
             typer.echo(f"excluded in {k}: " + "; ".join(f"{a} {w}" for a, w in ex.items()))
 
 # %% ../nbs/90_cli.ipynb #3b41483d
-from .data import LAYOUTS, frequency_label, import_files
+from .data import LAYOUTS, check_stored_bars, frequency_label, import_files
 
 @app.command("import")
 def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, CSV.gz or Parquet) or globs such as 'klines/*.csv'.")],
@@ -391,6 +391,7 @@ def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, C
         os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
     files, batches, notes = import_files(paths, asset, source, allow_jumps)
     with open_store(store) as st:
+        check_stored_bars(st, batches)   # a series keeps its frequency: a daily file never lands among hourly bars
         results = st.write_prices_many([(frame, src) for src, frame in batches.items()])
         where = getattr(st, "path", None) or getattr(st, "url", "the store")
     for f in files:

@@ -26,7 +26,7 @@ __all__ = ['DATASETS_DIR', 'DATASETS', 'TIME_COLUMNS', 'FIELDS', 'QUOTES', 'ALIA
            'LAYOUTS', 'coingecko_frame', 'dataset_info', 'load_dataset', 'load_prices', 'load_market_caps',
            'load_volumes', 'check_file', 'check_fields', 'PriceFile', 'epoch_times', 'read_times', 'asset_from_name',
            'detect_layout', 'collapse_duplicates', 'bar_words', 'frequency_label', 'uniform_bar', 'check_frequencies',
-           'import_file', 'expand_paths', 'import_files', 'read_price_file']
+           'import_file', 'expand_paths', 'import_files', 'read_price_file', 'check_stored_bars']
 
 # %% ../nbs/02_data.ipynb #e1cb7597
 def coingecko_frame(raw: pd.DataFrame, asset: str | None = None, where: str = "data") -> pd.DataFrame:
@@ -698,3 +698,46 @@ def read_price_file(path, asset: str | None = None, allow_jumps: bool = False) -
     f = import_file(path, asset, allow_jumps)
     return f.frame.drop(columns="_row"), f.layout
 
+
+# %% ../nbs/02_data.ipynb #9a169013
+def _batch_bars(frame: pd.DataFrame):
+    "`(asset, bar)` for every asset of a long frame with at least 2 rows (bar: its usual step, a `Timedelta`)."
+    step, names, counts = uniform_bar(frame)
+    if step is not None:
+        return [(a, pd.Timedelta(step, "ns")) for a, n in zip(names, counts) if n >= 2]
+    return [(a, _gap_steps(ts.to_numpy(dtype="datetime64[ns]"))[0])
+            for a, ts in frame.groupby("asset", sort=False)["timestamp"] if len(ts) >= 2]
+
+def check_stored_bars(store, batches: dict[str, pd.DataFrame]) -> None:
+    """Refuse an import whose bars of an asset differ from the bars `store` already holds for that asset under the
+    same source (e.g. a daily file of BTC under `binance`, which holds hourly bars of BTC).
+
+    `batches`: source → long frame (`portopt.clean.LONG_COLUMNS`, as `import_files` returns). The stored bar is
+    the smallest step among the asset's last stored prices of that source (about 8 bars: one read per source).
+    Raises `DataError`, one line naming the source, the asset, both bar lengths and the fix (`--source`)."""
+    cov = store.price_coverage()
+    if cov.empty:
+        return
+    cov = cov.set_index(["source", "asset"])
+    for src, frame in batches.items():
+        wanted = [(a, bar) for a, bar in _batch_bars(frame) if (src, a) in cov.index]
+        spans = {}
+        for a, bar in wanted:
+            first, last, n = (cov.loc[(src, a), k] for k in ("first", "last", "prices"))
+            if n >= 2:
+                first, last = pd.Timestamp(first), pd.Timestamp(last)
+                spans[a] = (bar, last - 8 * (last - first) / (n - 1))
+        if not spans:
+            continue
+        stored = store.read_prices(assets=list(spans), source=src, start=min(s for _, s in spans.values()))
+        for a, (bar, since) in spans.items():
+            idx = stored[a].dropna().index if a in stored else pd.DatetimeIndex([])
+            idx = idx[idx >= since]
+            if len(idx) < 2:
+                continue
+            have = pd.Timedelta(np.diff(idx.to_numpy(dtype="datetime64[ns]").view(np.int64)).min(), "ns")
+            if have != bar:
+                short = re.sub(r"(\d+) (\w)\w*", r"\1\2", bar_words(bar))   # 1 day → 1d, 1 h → 1h, 15 min → 15m
+                raise DataError(f"source {src!r} holds {bar_words(have)} bars of {a} (to {idx[-1]:%Y-%m-%d %H:%M}), "
+                                f"this import has {bar_words(bar)} bars of it; import it under its own --source "
+                                f"(e.g. --source {src}-{short}) so the two series never mix")

@@ -215,6 +215,20 @@ def test_two_files_of_one_asset_at_different_frequencies_are_refused(cli, store_
     assert dump(store_path) == before
 
 
+def test_a_later_import_never_changes_a_stored_series_frequency(cli, store_path):
+    """Hourly BTC stored under binance; a daily BTC file under the same source (a second call) would overwrite every
+    midnight's hourly close with a daily close: refused, naming both bars and the fix; under its own source it lands."""
+    cli("import", BINANCE_1H)
+    before = dump(store_path)
+    proc = cli("import", KRAKEN, "--source", "binance", check=False)
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert "source 'binance' holds 1 h bars of BTC (to 2023-01-31 23:00), this import has 1 day bars" in proc.stderr
+    assert "--source binance-1d" in proc.stderr, proc.stderr
+    assert dump(store_path) == before
+    assert "3178 new" in cli("import", KRAKEN, "--source", "binance-1d").stdout
+    assert "0 new, 0 updated, 744 unchanged" in cli("import", BINANCE_1H).stdout   # the same bars again: accepted
+
+
 def test_conflict_across_two_files_names_both(cli, store_path, tmp_path):
     a, b = tmp_path / "a" / "BTCUSDT.csv", tmp_path / "b" / "BTCUSDT.csv"
     a.parent.mkdir(); b.parent.mkdir()
