@@ -23,7 +23,7 @@ from .config import ConfigError, PortoptError
 from .data import DATASETS, load_market_caps, load_prices, load_volumes, read_price_file
 from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES, STRATEGIES, Constraints, estimation_window, load_views, optimize
 from .reports import run_report
-from .store import open_store
+from .store import open_store, read_prices_from
 
 # %% auto #0
 __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt',
@@ -154,13 +154,8 @@ def _from_sources(names: list[str], assets: list[str] | None, as_of, store) -> t
         if unknown:
             raise ConfigError(f"no prices from source(s) {unknown} in the store {st.path}; stored sources: {known or 'none'} "
                               "(portopt import FILE --source NAME adds one)")
-        frames = [st.read_prices(assets, end=as_of, source=n) for n in names]
-    wide, used = frames[0], {a: [names[0]] for a in frames[0].columns}
-    for name, f in zip(names[1:], frames[1:]):
-        for a in f.columns:
-            if a not in wide.columns or wide[a].reindex(f.index).isna().any():
-                used.setdefault(a, []).append(name)
-        wide = wide.combine_first(f)  # the earlier source wins where both have a price
+        wide = read_prices_from(st, assets, names, end=as_of)   # the first named source wins where both have a price
+    used = wide.attrs["sources"]
     if assets:
         absent = [a for a in assets if a not in wide.columns]
         if absent:
@@ -168,7 +163,7 @@ def _from_sources(names: list[str], assets: list[str] | None, as_of, store) -> t
         wide = wide[assets]
     if wide.empty:
         raise ConfigError(f"no prices from source(s) {names}" + (f" up to {as_of}" if as_of else ""))
-    return wide, {a: " > ".join(s) for a, s in used.items() if a in wide.columns}
+    return wide, {a: s for a, s in used.items() if a in wide.columns}
 
 def _load(dataset: str | None, prices: Path | None, source: str | None, assets: list[str] | None, as_of: str | None,
           periods_per_year: int | None, missing: str = "exclude", max_fill: int | None = None, store: Path | None = None) -> Loaded:
@@ -262,6 +257,11 @@ def run(assets: AssetsOpt = None,
         _echo_table(table[cols].astype(float).round(4))
     typer.echo(f"\nreport:   {done.html}\nnotebook: {done.notebook}\nrun id:   {done.run_id}")
 
+def _fallback(diagnostics: dict) -> str:
+    "' (after CLARABEL: <why>)' when the first solver tried did not answer, so the table says a fallback was used."
+    failed = [a for a in diagnostics.get("attempts", []) if a.get("outcome") != "solved"]
+    return " (after " + "; ".join(f"{a['solver']}: {a['outcome']}" for a in failed) + ")" if failed else ""
+
 @app.command("optimize")
 def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceOpt = None, strategy: StrategyOpt = "max_sharpe",
               assets: AssetsOpt = None,
@@ -292,7 +292,7 @@ def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
     _echo_table(pd.DataFrame({"weight": alloc.weights, "risk contribution": alloc.risk_contributions}).round(4))
     typer.echo(f"\n{strategy} on {alloc.n_periods} periods to {alloc.as_of:%Y-%m-%d}: expected return {alloc.expected_return:.1%}, "
                f"volatility {alloc.volatility:.1%} (annualized), Sharpe {alloc.sharpe:.2f}; {alloc.risk_measure} {alloc.risk:.4g}; "
-               f"solver {alloc.diagnostics['solver']}")
+               f"solver {alloc.diagnostics['solver']}{_fallback(alloc.diagnostics)}")
     typer.echo(_notes(data, excluded))
     if "views" in alloc.diagnostics:
         typer.echo(f"views: {alloc.diagnostics['views']}")

@@ -52,7 +52,8 @@ class PortfolioSettings(BaseModel):
     - `periods_per_year`: annualization (365 daily crypto, 252 equity sessions, 8,760 hourly), > 0; None: inferred from
       the prices' spacing (`portopt.clean.resolve_frequency`) and recorded with each decision
     - `missing`, `max_fill`: the missing-data policy (`exclude` and say so, `ffill` over at most `max_fill` periods, `raise`)
-    - `source`: the stored price source to read (default: any, the most recently recorded row wins)
+    - `source`: the stored price source to read, or several in precedence order (`"binance,bybit"`: Binance's price
+      where it has one; `portopt.store.read_prices_from`); None: any, the most recently recorded row wins
     - `band`: (low, high) utilization (current share / target share) that needs no trade, 0 < low < 1 < high
     - `cash`: the asset fees are paid from
     - `stale_after_hours`: a held asset whose last price is older than this at the decision time holds the
@@ -120,6 +121,19 @@ class PortfolioSettings(BaseModel):
         if isinstance(v, bool) or (isinstance(v, float) and (not math.isfinite(v) or v != int(v))):
             raise ValueError(f"{info.field_name} must be a whole number (got {v!r})")
         return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v):
+        if v is None:
+            return v
+        names = [s.strip() for s in v.split(",")]
+        if not all(names):
+            raise ValueError(f"{v!r}: a source name is empty; give names separated by commas, e.g. binance,bybit")
+        dup = sorted({s for s in names if names.count(s) > 1})
+        if dup:
+            raise ValueError(f"{v!r}: {dup} named more than once")
+        return ",".join(names)
 
     @field_validator("missing")
     @classmethod

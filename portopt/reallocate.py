@@ -287,30 +287,36 @@ def plan_reallocation(holdings: pd.Series, target, market: Market, settings: Rea
 POOL_METRICS = ("available_liquidity", "borrowed")
 
 def read_recent_prices(store, assets: list, as_of, days: float, enough, source: str | None = None) -> pd.DataFrame:
-    """`store.read_prices(assets, as_of=as_of, source=source)` from `days` before `as_of` only, when that is
-    `enough(frame)`; otherwise (or without `as_of`) all history. Decisions need recent rows; reading all of them is
-    the slow part."""
+    """`read_prices_from(store, assets, source, as_of=as_of)` (one source, `'a,b'` in precedence order, or any) from
+    `days` before `as_of` only, when that is `enough(frame)`; otherwise (or without `as_of`) all history. Decisions
+    need recent rows; reading all of them is the slow part."""
+    from portopt.store import read_prices_from
     if as_of is not None:
-        recent = store.read_prices(assets, as_of=as_of, start=to_utc(as_of) - pd.Timedelta(days=days), source=source)
+        recent = read_prices_from(store, assets, source, as_of=as_of, start=to_utc(as_of) - pd.Timedelta(days=days))
         if enough(recent):
             return recent
-    return store.read_prices(assets, as_of=as_of, source=source)
+    return read_prices_from(store, assets, source, as_of=as_of)
+
+def _from(source) -> str:
+    return f" from source(s) {source!r}" if source else ""
 
 def market_from_store(store, assets: list, as_of=None, lookback: int = 30, source: str | None = None) -> Market:
     """Market state at `as_of` from the store: last prices, ADV (mean daily `volume` in quote currency over
     `lookback` days), daily volatility (std of daily returns over `lookback` days), and lending pools from
     `market_metrics` (`available_liquidity`, `borrowed`, and optionally `curve_u<k>`/`curve_r<k>` points and
-    `protocol_fee`). `source`: the stored price source to read (default: any)."""
+    `protocol_fee`). `source`: the stored price source(s) to read, `'a,b'` in precedence order (default: any)."""
+    from portopt.store import read_prices_from
     prices = read_recent_prices(store, assets, as_of, 3 * (lookback + 1),  # a margin over the lookback
                                 lambda p: len(p) > 0 and set(assets) <= set(p.columns) and not p.iloc[-1].isna().any(), source)
     if prices.empty or prices.dropna(how="all").empty:
-        raise DataError(f"no prices stored for {assets} up to {as_of or 'now'}; import or collect them first")
+        raise DataError(f"no prices stored for {assets}{_from(source)} up to {as_of or 'now'}; import or collect them first")
     last = prices.ffill().iloc[-1]
     missing = [a for a in assets if a not in prices.columns or pd.isna(last.get(a))]
     if missing:
-        raise DataError(f"no price stored for {missing} up to {as_of or 'now'}: unknown asset(s) for this store")
+        raise DataError(f"no price stored for {missing}{_from(source)} up to {as_of or 'now'}: unknown asset(s) for this store"
+                        + (" or source(s)" if source else ""))
     recent = prices.iloc[-(lookback + 1):]
-    volume = store.read_prices(assets, as_of=as_of, start=prices.index[0], field="volume", source=source).iloc[-lookback:]
+    volume = read_prices_from(store, assets, source, as_of=as_of, start=prices.index[0], field="volume").iloc[-lookback:]
     vol = recent.pct_change(fill_method=None).std()
     pools = {}
     metrics = store.read_market_metrics(assets, as_of=as_of)
@@ -323,9 +329,10 @@ def market_from_store(store, assets: list, as_of=None, lookback: int = 30, sourc
     return Market(prices=last[assets], adv=volume.mean().reindex(assets), volatility=vol.reindex(assets), pools=pools,
                   price_time=prices.index[-1], asset_times=pd.Series({a: prices[a].last_valid_index() for a in assets}))
 
-def portfolio_drawdown(store, portfolio: str, holdings: pd.Series, as_of=None, days: int = 365) -> float:
-    "Drawdown (≤ 0) at `as_of` of the current holdings valued at the last `days` of stored prices."
-    prices = store.read_prices(list(holdings.index), as_of=as_of).ffill().iloc[-days:]
+def portfolio_drawdown(store, portfolio: str, holdings: pd.Series, as_of=None, days: int = 365, source: str | None = None) -> float:
+    "Drawdown (≤ 0) at `as_of` of the current holdings valued at the last `days` of stored prices (of `source`, as `read_prices_from`)."
+    from portopt.store import read_prices_from
+    prices = read_prices_from(store, list(holdings.index), source, as_of=as_of).ffill().iloc[-days:]
     value = (prices.reindex(columns=holdings.index).fillna(0.0) * holdings).sum(axis=1)
     value = value[value > 0]
     return float(value.iloc[-1] / value.max() - 1) if len(value) else 0.0
@@ -377,7 +384,7 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
                                                                                for a, t in old.items())
                      + f" at {when:%Y-%m-%d %H:%M}, older than the stale-data limit of {settings.max_price_age}; plan held")
     if guard is None and settings.drawdown_limit is not None:
-        dd = portfolio_drawdown(store, pid, holdings, as_of)
+        dd = portfolio_drawdown(store, pid, holdings, as_of, source=ps.source)
         if dd <= -settings.drawdown_limit:
             guard = ("drawdown", f"{portfolio}: drawdown {dd:.1%} beyond the limit of {settings.drawdown_limit:.0%}; plan held")
     if guard:
@@ -386,6 +393,7 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
     window = ps.window
     prices = read_recent_prices(store, assets, when, 2 * window * 366 / (ps.periods_per_year or 252) + 30,  # a read span, with a margin
                                 lambda p: len(p) > window, ps.source)
+    used["sources"] = dict(prices.attrs.get("sources", {}))   # asset -> the stored source(s) its prices came from
     fill = check_missing(ps.missing, ps.max_fill)
     filled = {}
     if fill:

@@ -24,7 +24,8 @@ from .data import dataset_info, load_dataset
 
 # %% auto #0
 __all__ = ['SCHEMA_V1', 'MIGRATIONS', 'SCHEMA_VERSION', 'TABLES', 'utc_now', 'to_iso', 'content_id', 'to_json', 'WriteResult',
-           'Store', 'validate_metrics', 'validate_units', 'SQLiteStore', 'open_store', 'ensure_dataset']
+           'Store', 'validate_metrics', 'validate_units', 'SQLiteStore', 'open_store', 'ensure_dataset', 'source_names',
+           'read_prices_from']
 
 # %% ../nbs/03_store.ipynb #c7611468
 SCHEMA_V1 = """
@@ -1081,3 +1082,33 @@ def ensure_dataset(store: Store, name: str = "coingecko-daily") -> WriteResult |
     if store.has_prices(source):
         return None
     return store.write_prices(load_dataset(name), source)
+
+# %% ../nbs/03_store.ipynb #5493b91f
+def source_names(source) -> list[str]:
+    "A source setting (`None`, `'binance'`, `'binance,bybit'` or a list) as the list of names, in precedence order."
+    if source is None:
+        return []
+    names = [s.strip() for s in (source.split(",") if isinstance(source, str) else source)]
+    return [s for s in names if s]
+
+def read_prices_from(store, assets=None, source=None, **kw) -> pd.DataFrame:
+    """`store.read_prices(assets, source=..., **kw)` over one or several sources (`source_names`): a wide frame
+    (UTC `DatetimeIndex` × assets, in the order of `assets` when given) where the first named source wins at a time
+    both have a price. `None`: every source, the most recently recorded row winning (the store's own rule).
+    `frame.attrs["sources"]` maps each asset to the sources its prices came from (`"binance > bybit"`)."""
+    names = source_names(source)
+    if len(names) <= 1:
+        out = store.read_prices(assets, source=names[0] if names else None, **kw)
+        out.attrs["sources"] = {a: names[0] if names else "any" for a in out.columns}
+        return out
+    frames = [store.read_prices(assets, source=n, **kw) for n in names]
+    wide, used = frames[0], {a: [names[0]] for a in frames[0].columns}
+    for name, f in zip(names[1:], frames[1:]):
+        for a in f.columns:
+            if a not in wide.columns or wide[a].reindex(f.index).isna().any():
+                used.setdefault(a, []).append(name)
+        wide = wide.combine_first(f)   # the earlier source wins where both have a price
+    if assets is not None:
+        wide = wide.reindex(columns=[a for a in assets if a in wide.columns])
+    wide.attrs["sources"] = {a: " > ".join(used[a]) for a in wide.columns}
+    return wide

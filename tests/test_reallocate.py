@@ -188,6 +188,27 @@ def test_a_portfolio_created_from_the_cli_is_reallocated_and_the_listener_uses_t
         assert (st.read_optimizations()["portfolio"] != "treasury").all()
 
 
+def test_a_portfolio_reading_two_sources_in_precedence_order(cli, store_path):
+    """--source binance,coingecko: SOL from a real Binance file, USDC from a real CoinGecko export. Before, the
+    setting was read as one source named 'binance,coingecko' and the plan was held for 'no prices stored'."""
+    from conftest import FIXTURES
+    cli("import", FIXTURES / "exchange-klines" / "fred3105-Modeling-Crypto-Pricees" / "SOLUSDT.csv")   # 2020-08 to 2023-06
+    cli("import", FIXTURES / "usdc-usd-max.csv")   # to 2022-09-14
+    cli("portfolio", "create", "t", "--strategy", "min_variance", "--window", "60", "--assets", "SOL,USDC",
+        "--source", "binance, coingecko")
+    cli("portfolio", "holdings", "t", "--set", "SOL=100", "--set", "USDC=100", "--at", "2022-09-01")
+    js = json.loads(cli("reallocate", "t", "--as-of", "2022-09-14", "--json").stdout)
+    assert js["status"] == "planned", js
+    plan = js["plan"]
+    assert plan["settings"]["source"] == "binance,coingecko"
+    with SQLiteStore(store_path) as st:
+        sol = st.read_prices(["SOL"], source="binance", as_of="2022-09-14")["SOL"].iloc[-1]
+    prices = {p["asset"]: p["price"] for p in plan["positions"]}
+    assert prices["SOL"] == pytest.approx(sol) and prices["USDC"] == pytest.approx(1.0, abs=0.01)
+    assert plan["sources"] == {"SOL": "binance", "USDC": "coingecko"}   # where each price came from, said
+    assert plan["target"]["weights"]["USDC"] > 0.9   # min variance over SOL and a stablecoin
+
+
 @pytest.mark.parametrize("args, words", [
     (("create", "p", "--strategy", "min_variance", "--periods-per-year", "0"), "periods_per_year: Input should be greater than 0"),
     (("create", "p", "--strategy", "min_variance", "--window", "1"), "window: Input should be greater than or equal to 2"),
@@ -195,6 +216,7 @@ def test_a_portfolio_created_from_the_cli_is_reallocated_and_the_listener_uses_t
     (("create", "p", "--strategy", "min_variance", "--band", "0.9"), "give two numbers"),
     (("create", "p", "--strategy", "nope"), "--strategy 'nope': unknown"),
     (("create", "p", "--strategy", "hrp", "--assets", "BTC,BTC"), "listed more than once"),
+    (("create", "p", "--strategy", "hrp", "--source", "binance,,bybit"), "a source name is empty"),
     (("holdings", "ghost", "--set", "SOL=1"), "no portfolio 'ghost'"),
     (("holdings", "demo2", "--set", "SOL=1"), "no portfolio 'demo2'"),
     (("delete", "ghost"), "no portfolio 'ghost'"),
