@@ -22,7 +22,7 @@ from .config import ConfigError, DataError, PortoptError, StoreError, get_settin
 from .optimize import STRATEGIES, estimation_window, optimize
 from .portfolio import PortfolioSettings, portfolio_settings_from
 from .reallocate import ReallocationSettings, read_recent_prices, reallocate_portfolio
-from .store import Store, to_iso
+from .store import Store, read_prices_from, to_iso
 
 log = logging.getLogger("portopt.events")
 
@@ -62,7 +62,7 @@ def check_alerts(store: Store, portfolio: str, as_of=None, plan: dict | None = N
         lo, hi = s.band
         out.append(Alert("drift", f"{portfolio}: {len(off)} asset(s) outside the {lo:.0%}–{hi:.0%} band; {worst['asset']} is at "
                                   f"{worst['weight']:.1%} against a target of {worst['target_weight']:.1%}", pid))
-    prices = store.read_prices(assets, as_of=as_of, source=s.source) if assets else pd.DataFrame()
+    prices = read_prices_from(store, assets, s.source, as_of=as_of) if assets else pd.DataFrame()
     if s.max_drawdown is not None and len(units) and len(prices):
         value = (prices[units.index.intersection(prices.columns)].ffill().iloc[-s.window:] * units).sum(axis=1)
         dd = float((value / value.cummax() - 1).min())
