@@ -234,7 +234,7 @@ def _views(path: Path | None, strategy: str) -> dict:
 # %% ../nbs/90_cli.ipynb #e3f170c1
 @app.command()
 def run(assets: AssetsOpt = None,
-        strategies: Annotated[Optional[str], typer.Option(callback=_one_of(STRATEGIES, "--strategies", many=True), help="Comma-separated strategies (default: the report's).")] = None,
+        strategies: Annotated[Optional[str], typer.Option("--strategies", "--strategy", callback=_one_of(STRATEGIES, "--strategies", many=True), help="Comma-separated strategies (default: the report's).")] = None,
         window: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--window"), help="Periods per estimation window.")] = None,
         rebalance_every: Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--rebalance-every"), help="Periods between rebalances.")] = None,
         start: Annotated[Optional[str], typer.Option(callback=_checked(parse_date, "--start"), help="First date of the backtest.")] = None,
@@ -830,7 +830,7 @@ def _numbers(option: str, text: str | None, kind=int, names=()) -> list | None:
 
 @app.command("sweep")
 def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceOpt = None, assets: AssetsOpt = None,
-           strategies: Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategies", many=True), help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
+           strategies: Annotated[str, typer.Option("--strategies", "--strategy", callback=_one_of(STRATEGIES, "--strategies", many=True), help=f"Comma-separated strategies: {', '.join(STRATEGIES)}.")] = "min_variance,hrp",
            window: Annotated[str, typer.Option(callback=_numbers_each(positive_int, "--window"), help="Comma-separated estimation windows, periods of returns.")] = "180",
            rebalance_every: Annotated[str, typer.Option(callback=_periods("--rebalance-every"), help="Comma-separated periods between rebalances, or weekly, monthly.")] = "30",
            fee_bps: Annotated[str, typer.Option(callback=_numbers_each(nonnegative, "--fee-bps"), help="Comma-separated costs per unit of turnover, basis points.")] = "10",
