@@ -233,11 +233,12 @@ class WarmKernel:
         "The kernel manager of a live kernel with a clean namespace: started (and preloaded) if needed, else reset."
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
+        from portopt.reports import kernel_arguments
         if self.km is not None and not run_sync(self.km.is_alive)():
             self.close()
         if self.km is None:
             self.km = AsyncKernelManager(kernel_name=self.kernel_name)
-            run_sync(self.km.start_kernel)(**({} if self.cwd is None else {"cwd": str(self.cwd)}))
+            run_sync(self.km.start_kernel)(extra_arguments=kernel_arguments(), **({} if self.cwd is None else {"cwd": str(self.cwd)}))
             self.starts += 1
             self._run(self.preload)
         else:

@@ -5,6 +5,7 @@
 # %% ../nbs/50_reports.ipynb #86fba2ab
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +14,7 @@ from .config import ConfigError, ReportError, get_settings, redact
 from .store import Store, open_store
 
 # %% auto #0
-__all__ = ['ReportRun', 'report_names', 'export_html', 'run_report']
+__all__ = ['ReportRun', 'kernel_arguments', 'report_names', 'export_html', 'run_report']
 
 # %% ../nbs/50_reports.ipynb #6e10c2dd
 @dataclass(frozen=True)
@@ -23,6 +24,13 @@ class ReportRun:
     folder: Path
     notebook: Path
     html: Path
+
+def kernel_arguments() -> list[str]:
+    """Arguments for the kernels portopt starts (papermill's and the listener's kept kernel): ipykernel 7 logs a
+    warning about TCP on every start and an `ERROR | KeyboardInterrupt caught in kernel` on every normal shutdown to
+    the terminal of a successful `portopt run`; its own log is quiet unless `PORTOPT_DEBUG` is set. The notebook's
+    outputs and errors are unaffected (they travel as messages, recorded in the executed notebook)."""
+    return [] if os.environ.get("PORTOPT_DEBUG") else ["--IPKernelApp.log_level=CRITICAL"]
 
 def report_names(reports_dir: Path | None = None) -> list[str]:
     "The report notebooks (names without `.ipynb`) in `reports_dir` (default: the configured one)."
@@ -86,7 +94,7 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
         out, html = folder / f"{name}.ipynb", folder / f"{name}.html"
         try:
             pm.execute_notebook(str(source), str(out), parameters=dict(params, run_id=run_id), kernel_name=kernel_name,
-                                progress_bar=progress, cwd=str(reports_dir),
+                                progress_bar=progress, cwd=str(reports_dir), extra_arguments=kernel_arguments(),
                                 **({} if kernel_manager is None else {"km": kernel_manager}))
         except Exception as e:  # papermill raises PapermillExecutionError and kernel errors: all end the run as failed
             if out.exists():
