@@ -62,6 +62,7 @@ def test_run_leaves_a_report_and_stores_what_it_computed(cli, store_path, tmp_pa
     assert f"report:   {folder / 'portfolio.html'}" in proc.stdout and "benchmark (equal weight)" in proc.stdout
     assert "Efficient frontier" in html and "plotly" in html and "Walk-forward backtest" in html
     assert "ensure_dataset(store, dataset)" not in html  # no code cells in the HTML report
+    assert "IPKernelApp" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr   # the kernel's own log is quiet
     metrics = pd.read_csv(folder / "metrics.csv", index_col=0)
     with SQLiteStore(store_path) as st:
         runs = st.read_runs()
