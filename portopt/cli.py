@@ -448,6 +448,9 @@ def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in
             return
     reason = decision.reason if decision is not None else stored_plan.get("reason")
     typer.echo(f"{portfolio}: {status}" + (f" — {reason}" if reason else ""))
+    if stored_plan.get("decided_at"):
+        at = stored_plan["decided_at"]
+        typer.echo(f"decided at {pd.Timestamp(at['at']):%Y-%m-%d %H:%M} UTC ({at['basis']}; --as-of sets it)")
     used = stored_plan.get("settings") or {}
     freq = (stored_plan.get("frequency") or {})
     typer.echo(f"settings: strategy {stored_plan.get('strategy') or used.get('strategy')}, window {used.get('window')} periods, "

@@ -16,9 +16,9 @@ from .config import ConfigError, DataError, StoreError
 from .portfolio import PortfolioSettings, portfolio_settings_from
 
 # %% auto #0
-__all__ = ['POOL_METRICS', 'DEMO', 'square_root_impact', 'amm_swap', 'Pool', 'Market', 'ReallocationSettings', 'Reallocation',
-           'plan_reallocation', 'read_recent_prices', 'market_from_store', 'portfolio_drawdown', 'reallocate_portfolio',
-           'paper_fills', 'ensure_demo_portfolio']
+__all__ = ['POOL_METRICS', 'DEMO', 'square_root_impact', 'amm_swap', 'Pool', 'Market', 'ReallocationSettings', 'age_words',
+           'decision_time', 'Reallocation', 'plan_reallocation', 'read_recent_prices', 'market_from_store',
+           'portfolio_drawdown', 'reallocate_portfolio', 'paper_fills', 'ensure_demo_portfolio']
 
 # %% ../nbs/30_reallocate.ipynb #9f0d81b1
 def square_root_impact(value: float, adv: float, volatility: float, coefficient: float = 1.0) -> float:
@@ -125,6 +125,31 @@ class ReallocationSettings:
         if self.fee_bps < 0 or self.min_trade_value < 0 or not 0 < self.participation <= 1:
             raise ConfigError("fee_bps and min_trade_value must be >= 0 and participation in (0, 1]")
 
+# %% ../nbs/30_reallocate.ipynb #831bba80
+def age_words(age: pd.Timedelta) -> str:
+    "A duration for a person: `975 days`, `2 days 3 h`, `5 h 20 min`, `45 s` (from a `Timedelta`)."
+    s = max(int(pd.Timedelta(age).total_seconds()), 0)
+    d, r = divmod(s, 86400)
+    h, r = divmod(r, 3600)
+    m, sec = divmod(r, 60)
+    if d >= 10:
+        return f"{d:,} days"
+    parts = ([f"{d} day" + ("s" if d != 1 else "")] if d else []) + ([f"{h} h"] if h else []) + ([f"{m} min"] if m and not d else [])
+    return " ".join(parts) or f"{sec} s"
+
+def decision_time(as_of, market, held_at) -> tuple[pd.Timestamp, str]:
+    """`(time, basis)` of a decision: `as_of` when given (UTC); else the later of the market's last price time
+    and the holdings snapshot's time `held_at`; now when neither is known. `basis` says which, in words."""
+    if as_of is not None:
+        return to_utc(as_of), "as of the requested time"
+    priced = market.price_time if market is not None and market.price_time is not None else None
+    if priced is None:
+        return pd.Timestamp.now(tz="UTC"), "now: no prices"
+    if held_at is not None and to_utc(held_at) > to_utc(priced):
+        return to_utc(held_at), "the holdings snapshot's time, after the last stored prices"
+    return to_utc(priced), "the last stored prices"
+
+
 # %% ../nbs/30_reallocate.ipynb #2bf97c93
 @dataclass
 class Reallocation:
@@ -174,8 +199,8 @@ def _check_inputs(holdings: pd.Series, target: pd.Series, market: Market, as_of,
     if settings.max_price_age is not None and market.price_time is not None and as_of is not None:
         age = to_utc(as_of) - to_utc(market.price_time)
         if age > settings.max_price_age:
-            raise DataError(f"prices are {age} old at {to_utc(as_of):%Y-%m-%d %H:%M}, more than the stale-data limit "
-                            f"of {settings.max_price_age}; collect fresh prices first")
+            raise DataError(f"prices are {age_words(age)} old at {to_utc(as_of):%Y-%m-%d %H:%M}, more than the stale-data "
+                            f"limit of {age_words(settings.max_price_age)}; collect fresh prices first")
     return h.reindex(assets).fillna(0.0).astype(float), t.reindex(assets).fillna(0.0).astype(float), p.astype(float), assets
 
 def _round_units(units: float, decimals: int | None) -> float:
@@ -376,13 +401,15 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
         market = market_from_store(store, assets, as_of=as_of, source=ps.source)
     except DataError as e:  # an asset without any price: never a silent 0 % target
         market, guard = None, ("stale_data", f"{portfolio}: {e}; plan held")
-    when = when or (market.price_time if market is not None else pd.Timestamp.now(tz="UTC"))
+    when, basis = decision_time(when, market, holdings.attrs.get("as_of"))
+    used["decided_at"] = dict(at=when.isoformat(), basis=basis)
     if guard is None and settings.max_price_age is not None:
         old = {a: t for a, t in market.asset_times.items() if when - t > settings.max_price_age}
         if old:
-            guard = ("stale_data", f"{portfolio}: the last price of " + ", ".join(f"{a} is from {t:%Y-%m-%d %H:%M} ({when - t} old)"
+            guard = ("stale_data", f"{portfolio}: the last price of " + ", ".join(f"{a} is from {t:%Y-%m-%d %H:%M} ({age_words(when - t)} old)"
                                                                                for a, t in old.items())
-                     + f" at {when:%Y-%m-%d %H:%M}, older than the stale-data limit of {settings.max_price_age}; plan held")
+                     + f" at {when:%Y-%m-%d %H:%M} ({basis}), older than the stale-data limit of "
+                     f"{age_words(settings.max_price_age)}; plan held")
     if guard is None and settings.drawdown_limit is not None:
         dd = portfolio_drawdown(store, pid, holdings, as_of, source=ps.source)
         if dd <= -settings.drawdown_limit:

@@ -341,7 +341,8 @@ class Store(ABC):
 
     @abstractmethod
     def read_holdings(self, portfolio: str, as_of=None) -> pd.Series:
-        "Units by asset of the latest snapshot stamped at or before `as_of` (default: the latest); empty if none."
+        """Units by asset of the latest snapshot stamped at or before `as_of` (default: the latest); empty if none.
+        `attrs["as_of"]`: the snapshot's time (UTC `Timestamp`), None when empty."""
 
     @abstractmethod
     def write_alert(self, kind: str, message: str, portfolio: str | None = None) -> int:
@@ -947,10 +948,12 @@ class SQLiteStore(Store):
         pid = self._pid(self.conn, portfolio, missing_ok=True)  # unknown: no holdings
         args = [pid] + ([to_iso(as_of)] if as_of is not None else [])
         cond = " AND ts <= ?" if as_of is not None else ""
-        rows = self.conn.execute(f"""SELECT asset, units FROM holdings WHERE portfolio_id = ? AND ts = (
+        rows = self.conn.execute(f"""SELECT asset, units, ts FROM holdings WHERE portfolio_id = ? AND ts = (
                                         SELECT max(ts) FROM holdings WHERE portfolio_id = ?{cond}) ORDER BY asset""",
                                  [pid] + args).fetchall()
-        return pd.Series({a: u for a, u in rows}, dtype=float, name="units")
+        held = pd.Series({a: u for a, u, _ in rows}, dtype=float, name="units")
+        held.attrs["as_of"] = to_utc(rows[0][2]) if rows else None
+        return held
 
     def write_alert(self, kind, message, portfolio=None):
         with self._transaction() as conn:

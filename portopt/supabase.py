@@ -15,7 +15,7 @@ import pandas as pd
 from postgrest.exceptions import APIError
 from postgrest.types import ReturnMethod
 
-from .clean import LONG_COLUMNS, to_wide, validate_long
+from .clean import LONG_COLUMNS, to_utc, to_wide, validate_long
 from .config import ConfigError, StoreError
 from .portfolio import portfolio_settings_from
 from .store import (Store, WriteResult, _backtest_id, content_id, to_iso, to_json, utc_now, validate_metrics, validate_units)
@@ -361,17 +361,16 @@ class SupabaseStore(Store):
 
     def read_holdings(self, portfolio, as_of=None):
         pid = self._pid(portfolio, missing_ok=True)  # unknown (or another user's): no holdings
-        if pid is None:
-            return pd.Series(dtype=float, name="units")
-        q = self._table("holdings").select("ts").eq("portfolio_id", pid).order("ts", desc=True).limit(1)
-        if as_of is not None:
-            q = q.lte("ts", to_iso(as_of))
-        latest = self._exec(q, "holdings")
-        if not latest:
-            return pd.Series(dtype=float, name="units")
-        rows = self._exec(self._table("holdings").select("asset,units").eq("portfolio_id", pid)
-                          .eq("ts", latest[0]["ts"]).order("asset"), "holdings")
-        return pd.Series({r["asset"]: float(r["units"]) for r in rows}, dtype=float, name="units")
+        latest, rows = [], []
+        if pid is not None:
+            q = self._table("holdings").select("ts").eq("portfolio_id", pid).order("ts", desc=True).limit(1)
+            latest = self._exec(q.lte("ts", to_iso(as_of)) if as_of is not None else q, "holdings")
+        if latest:
+            rows = self._exec(self._table("holdings").select("asset,units").eq("portfolio_id", pid)
+                              .eq("ts", latest[0]["ts"]).order("asset"), "holdings")
+        held = pd.Series({r["asset"]: float(r["units"]) for r in rows}, dtype=float, name="units")
+        held.attrs["as_of"] = to_utc(latest[0]["ts"]) if rows else None
+        return held
 
     def write_alert(self, kind, message, portfolio=None):
         rows = self._exec(self._table("alerts").insert(dict(kind=kind, message=message, portfolio_id=self._pid(portfolio))),

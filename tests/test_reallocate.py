@@ -163,6 +163,8 @@ def test_a_portfolio_created_from_the_cli_is_reallocated_and_the_listener_uses_t
     shown = json.loads(cli("portfolio", "show", "treasury", "--json").stdout)
     assert shown["holdings"] == {"BTC": 0.5, "ETH": 4.0, "USDC": 2000.0}
     assert (shown["settings"]["window"], shown["settings"]["periods_per_year"], shown["settings"]["band"]) == (60, None, [0.9, 1.1])
+    # no --as-of: decided at the last bundled prices (the holdings are older), and the table says so
+    assert "decided at 2022-09-14 00:00 UTC (the last stored prices; --as-of sets it)" in cli("reallocate", "treasury").stdout
     js = json.loads(cli("reallocate", "treasury", "--as-of", "2022-09-10", "--json").stdout)
     plan = js["plan"]
     # min variance over BTC, ETH and a stablecoin is almost all USDC: BTC and ETH (91 % of the value) are sold
@@ -257,7 +259,7 @@ def test_a_held_asset_without_a_recent_price_holds_the_plan_never_a_silent_zero_
         status, decision, rid = reallocate_portfolio(st, "p", as_of=days[-1])
         plan = st.read_reallocations("p").set_index("id").loc[rid, "plan"]
         assert status == "held" and decision is None
-        assert "the last price of USDC is from 2024-07-08 00:00 (10 days 00:00:00 old)" in plan["reason"], plan["reason"]
+        assert "the last price of USDC is from 2024-07-08 00:00 (10 days old)" in plan["reason"], plan["reason"]
         assert "SOL" not in plan["reason"].split("older than")[0]  # SOL is fresh
         assert st.read_alerts().loc[0, "kind"] == "stale_data"
         # an asset with no price at all: held, naming it
@@ -269,6 +271,20 @@ def test_a_held_asset_without_a_recent_price_holds_the_plan_never_a_silent_zero_
         st.upsert_portfolio("p", settings={"strategy": "min_variance", "window": 60, "assets": ["SOL", "USDC"], "stale_after_hours": 24 * 11})
         status, decision, _ = reallocate_portfolio(st, "p", as_of=days[-1])
         assert status in ("planned", "none_needed")
+        # holdings written a month after the last stored prices, no as_of: the decision falls at the holdings' time,
+        # so a plan is never made for today's holdings at month-old prices without a word (it was, before)
+        st.upsert_portfolio("r", settings={"strategy": "min_variance", "window": 60, "assets": ["SOL"]})
+        st.write_holdings("r", pd.Series({"SOL": 10.0}), days[-1] + pd.Timedelta(days=30))
+        status, _, rid = reallocate_portfolio(st, "r")
+        plan = st.read_reallocations("r").set_index("id").loc[rid, "plan"]
+        assert status == "held" and "SOL is from 2024-07-18 00:00 (30 days old)" in plan["reason"], plan["reason"]
+        assert plan["decided_at"] == {"at": "2024-08-17T00:00:00+00:00", "basis": "the holdings snapshot's time, after the last stored prices"}
+        # holdings older than the prices (the demo's case): decided at the last stored prices, as before
+        st.upsert_portfolio("s", settings={"strategy": "min_variance", "window": 60, "assets": ["SOL"]})
+        st.write_holdings("s", pd.Series({"SOL": 10.0}), days[0])
+        status, _, rid = reallocate_portfolio(st, "s")
+        plan = st.read_reallocations("s").set_index("id").loc[rid, "plan"]
+        assert status in ("planned", "none_needed") and plan["decided_at"] == {"at": "2024-07-18T00:00:00+00:00", "basis": "the last stored prices"}
 
 
 def test_liquidity_without_volumes_is_said_not_checked():

@@ -139,7 +139,9 @@ def test_holdings_are_point_in_time_snapshots_of_a_known_portfolio(store):
     st.write_holdings("fund", pd.Series({"SOL": 12.5}), "2024-02-01")
     before = st.read_holdings("fund", as_of="2024-01-31")
     assert before.to_dict() == {"SOL": 10.0, "USDC": 5.0} and st.read_holdings("fund").to_dict() == {"SOL": 12.5}
-    assert st.read_holdings("fund", as_of="2023-12-31").empty
+    assert st.read_holdings("fund", as_of="2023-12-31").empty and st.read_holdings("fund", as_of="2023-12-31").attrs["as_of"] is None
+    assert before.attrs["as_of"] == pd.Timestamp("2024-01-01", tz="UTC")   # the snapshot's time, which decides when a plan is made
+    assert st.read_holdings("fund").attrs["as_of"] == pd.Timestamp("2024-02-01", tz="UTC")
     events = len(st.read_events("holdings"))
     with pytest.raises(DataError, match="negative units for \\['USDC'\\]"):
         st.write_holdings("fund", pd.Series({"SOL": 1.0, "USDC": -2.0}), "2024-03-01")
