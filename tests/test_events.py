@@ -486,3 +486,33 @@ def test_a_listeners_webhook_does_not_outlive_it(tmp_path, monkeypatch):
         listener.close()
         listener.close()  # twice: still the process's own value
         assert os.environ["PORTOPT_WEBHOOK"] == "http://127.0.0.1:9/own"
+
+
+@pytest.mark.parametrize("papermill", [False, True], ids=["direct", "papermill"])
+def test_a_listener_whose_lease_was_taken_over_marks_nothing(store, env, papermill):
+    """Issue 14, item 4: listener A claims a unit and stalls past its lease; B reclaims it (a new claim token). A's late
+    completion raises ClaimLost: the run is not marked by A (on SQLite direct its results roll back too); B's marks it,
+    one row, succeeded, with exactly one optimization and reallocation."""
+    from portopt.store import ClaimLost
+    setup_portfolio(store)
+    pid = store.portfolio_id("fund")
+    unit, params = f"rebalance:1:{pid}", {"portfolio": "fund", "portfolio_id": pid, "as_of": None, "event_id": 1, "topic": "prices"}
+    a = store.claim_unit(unit, "rebalance", params, lease_seconds=0.5)
+    assert a is not None and a.token
+    time.sleep(1.0)  # A stalls: its lease expires
+    b = store.claim_unit(unit, "rebalance", params, lease_seconds=300)
+    assert b == a and b.token != a.token  # the same row, a new claim
+    late = Listener(store, papermill=papermill)
+    try:
+        with pytest.raises(ClaimLost, match="taken over"):
+            late.rebalance_portfolio(pid, run_id=a)
+        [row] = store.read_units().to_dict("records")
+        assert row["status"] == "running" and row["attempts"] == 2  # A marked nothing: B's claim stands
+        if not papermill and not hasattr(store, "client"):
+            assert store.read_optimizations().empty and store.read_reallocations().empty  # A's results rolled back
+        assert late.rebalance_portfolio(pid, run_id=b) == b
+    finally:
+        late.close()
+    [row] = store.read_units().to_dict("records")
+    assert row["status"] == "succeeded" and row["attempts"] == 2
+    assert len(store.read_optimizations()) == 1 and len(store.read_reallocations()) == 1
