@@ -262,6 +262,18 @@ def unit_rows(store):
     return u.assign(event=u["parameters"].map(lambda p: p["event_id"]), portfolio=u["parameters"].map(lambda p: p["portfolio"]))
 
 
+def assert_results_match_units(store):
+    """Exactly one completed runs row per (event, portfolio), none left running, and results exactly for the completed
+    ones: every succeeded unit's run has its optimization and its portfolio a decision, and no result names another run."""
+    rows = unit_rows(store)
+    assert not rows.duplicated(["event", "portfolio"]).any() and not (rows["status"] == "running").any(), rows
+    done = rows[rows["status"] == "succeeded"]
+    opt = store.read_optimizations(limit=10_000)
+    assert set(opt["run_id"].dropna()) == set(done["id"]), "optimizations without a succeeded run, or the reverse"
+    pids = {p["portfolio_id"] for p in done["parameters"]}
+    assert set(store.read_reallocations(limit=10_000)["portfolio_id"]) == pids
+
+
 def test_a_bad_portfolio_beside_20_good_ones_fails_alone_with_its_reason(store, env):
     setup_many(store, 20)
     # settings the model accepts but the optimizer refuses, and (SQLite) settings written around the store's check
@@ -350,6 +362,7 @@ def test_kill_9_mid_event_leaves_exactly_one_completed_run_per_portfolio(store, 
     assert len(rows) == 20 and not rows.duplicated(["event", "portfolio"]).any()
     assert (rows["status"] == "succeeded").all() and store.read_events("prices", pending_only=True).empty
     assert len(store.read_reallocations()) == 20
+    assert_results_match_units(store)
 
 
 def test_two_sqlite_listeners_never_handle_a_batch_twice(tmp_path, monkeypatch):
@@ -399,6 +412,7 @@ def test_a_database_restart_mid_event_leaves_exactly_one_completed_run_per_portf
     rows = unit_rows(store)
     assert len(rows) == 21 and not rows.duplicated(["event", "portfolio"]).any() and (rows["status"] == "succeeded").all()
     assert store.read_events("prices", pending_only=True).empty
+    assert_results_match_units(store)
     store.close()
 
 

@@ -299,7 +299,7 @@ def test_the_identity_migration_keeps_rows_with_their_portfolio(stack, tmp_path)
             conn.execute("INSERT INTO reallocations (id, portfolio, as_of, status, plan) VALUES ('r-gone', 'gone', '2024-01-02', 'held', '{}')")
             conn.execute("INSERT INTO optimizations (id, portfolio, strategy, params, weights, metrics) "
                          "VALUES ('o-none', NULL, 'hrp', '{}', '{}', '{}')")
-        assert apply_migrations(mig) == ["20261202000000_portfolio_identity.sql"]
+        assert apply_migrations(mig) == ["20261202000000_portfolio_identity.sql", "20261203000000_unit_results.sql"]
         with psycopg.connect(mig) as conn:
             ids = dict(conn.execute("SELECT portfolio, id::text FROM portfolios"))
             owner = dict(conn.execute("SELECT id::text, owner FROM portfolios"))
