@@ -391,7 +391,10 @@ class Listener:
             if budget_spent:
                 error = (f"BudgetExceeded: the per-event budget of {self.event_budget:g} s was spent before this portfolio; "
                          "it is rebalanced on the next event, or now with `portopt listen --retry-failed`")
-                self.store.finish_run(run_id, "failed", error=error, claim=getattr(run_id, "token", None))
+                try:
+                    self.store.finish_run(run_id, "failed", error=error, claim=getattr(run_id, "token", None))
+                except ClaimLost as e:  # taken over meanwhile: the other listener's to finish
+                    return self._unit(Unit(int(event_id), name, "interrupted", attempts, str(run_id), redact(str(e)), portfolio))
                 break
             try:
                 self.rebalance_portfolio(portfolio, as_of, run_id=run_id)
