@@ -16,9 +16,9 @@ from .store import SQLiteStore, Store, open_store
 # %% auto #0
 __all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'LIVE_CHARTS', 'PALETTE', 'open_for_reading',
            'web_app_recompute', 'latest_run', 'shown_run', 'when', 'made_by', 'pct', 'money', 'num', 'utilization',
-           'strategy_color', 'recolor', 'tidy', 'show', 'served_report', 'live_sections', 'overview_charts',
-           'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot', 'live_block', 'live_script',
-           'LiveSnapshots', 'serve']
+           'strategy_color', 'recolor', 'tidy', 'show', 'served_report', 'portfolio_labels', 'live_sections',
+           'overview_charts', 'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot', 'live_block',
+           'live_script', 'LiveSnapshots', 'serve']
 
 # %% ../nbs/51_dashboards.ipynb #ad8d925c
 def open_for_reading(store_path=None) -> Store:
@@ -179,24 +179,40 @@ def _run_link(row) -> str:
     href = _html.escape(f"../files/{served_report(row['output_path'], row['job'])}")
     return f'<a class="po-report" href="{href}" target="_blank">{_html.escape(folder)}</a>'
 
+def portfolio_labels(store: Store, portfolios: pd.DataFrame | None = None) -> dict:
+    """Each portfolio's id -> a label for a person: its name, or `name (owner <first 8 characters of the owner>)` when
+    the store shows several portfolios of that name (a service-role store sees every owner's). `portfolios`: the
+    frame of `store.read_portfolios()` when already read. Group results by id, show the label."""
+    p = store.read_portfolios() if portfolios is None else portfolios
+    if p.empty:
+        return {}
+    counts = p["portfolio"].value_counts()
+    owner = p["owner"] if "owner" in p else pd.Series([None] * len(p), index=p.index)
+    return {i: n if counts[n] == 1 else f"{n} (owner {str(o)[:8] if o is not None and o == o else 'none'})"
+            for i, n, o in zip(p["id"], p["portfolio"], owner)}
+
 def live_sections(store: Store) -> dict[str, str]:
     """The overview's parts that change as the workflow runs, as HTML fragments keyed by `LIVE_SECTIONS`: each
     portfolio's latest decision and value with its weights against target, recent runs with links to their HTML
     reports, open alerts, the latest decision's trades. Only reads `store`."""
     portfolios, runs, alerts = store.read_portfolios(), store.read_runs(limit=20), store.read_alerts()
     decisions = store.read_reallocations(limit=200)
-    latest = decisions.drop_duplicates("portfolio") if len(decisions) else decisions
+    labels = portfolio_labels(store, portfolios)   # grouped by id: two owners' `main` are two portfolios
+    latest = decisions.drop_duplicates("portfolio_id") if len(decisions) else decisions
+    if len(latest):
+        latest = latest.assign(label=latest["portfolio_id"].map(labels).fillna(latest["portfolio"]))
     out = dict.fromkeys(LIVE_SECTIONS, "")
     if not portfolios.empty:
         rows = []
-        for name in portfolios["portfolio"]:
-            d = latest[latest["portfolio"] == name] if len(latest) else latest
+        for pid in portfolios["id"]:
+            name = labels[pid]
+            d = latest[latest["portfolio_id"] == pid] if len(latest) else latest
             plan = d.iloc[0]["plan"] if len(d) else {}
             rows.append({"portfolio": name, "decision": d.iloc[0]["status"].replace("_", " ") if len(d) else "none yet",
                          "as of": when(d.iloc[0]["as_of"]) if len(d) else "", "decided at": when(d.iloc[0]["created_at"]) if len(d) else "",
                          "value": money(plan.get("nav")), "reason": plan.get("reason", "")})
         parts = [_table(pd.DataFrame(rows), "po-summary", index=False)]
-        for name, d in (latest.set_index("portfolio").iterrows() if len(latest) else []):
+        for name, d in (latest.set_index("label").iterrows() if len(latest) else []):
             pos = pd.DataFrame(d["plan"].get("positions") or [])
             if len(pos):
                 shown = pd.DataFrame({"asset": pos["asset"], "units": pos["units"].map("{:,.4f}".format),
@@ -212,11 +228,11 @@ def live_sections(store: Store) -> dict[str, str]:
                               "report": runs.apply(_run_link, axis=1), "error": runs["error"].fillna("").map(_html.escape)})
         out["runs"] = _table(shown, "po-runs", escape=False, index=False)
     empty = portfolios.empty and runs.empty
-    out["alerts"] = (_table(pd.DataFrame({"raised": alerts["created_at"].map(when), "portfolio": alerts["portfolio"], "kind": alerts["kind"],
+    out["alerts"] = (_table(pd.DataFrame({"raised": alerts["created_at"].map(when), "portfolio": alerts["portfolio_id"].map(labels).fillna(alerts["portfolio"]), "kind": alerts["kind"],
                                           "message": alerts["message"]}), "po-alerts", index=False) if len(alerts)
                      else ("" if empty else "<p>No open alerts.</p>"))
     trades = []
-    for name, d in (latest.set_index("portfolio").iterrows() if len(latest) else []):
+    for name, d in (latest.set_index("label").iterrows() if len(latest) else []):
         t = pd.DataFrame(d["plan"].get("trades") or [])
         if len(t):
             shown = pd.DataFrame({"asset": t["asset"], "side": t["side"], "units": t["units"].map("{:,.4f}".format),
@@ -260,15 +276,17 @@ def overview_charts(store: Store, days: int = 180) -> dict:
     from portopt.portfolio import portfolio_settings_from
     out = dict.fromkeys(LIVE_CHARTS)
     portfolios, decisions = store.read_portfolios(), store.read_reallocations(limit=200)
-    latest = decisions.drop_duplicates("portfolio") if len(decisions) else decisions
+    latest = decisions.drop_duplicates("portfolio_id") if len(decisions) else decisions
     if len(latest):
-        band_of = {r["portfolio"]: list(portfolio_settings_from(r["settings"], r["portfolio"]).band) for _, r in portfolios.iterrows()}
+        labels = portfolio_labels(store, portfolios)  # grouped by id, shown by label
+        band_of = {r["id"]: list(portfolio_settings_from(r["settings"], r["portfolio"]).band) for _, r in portfolios.iterrows()}
         fig, groups, names = go.Figure(), [], []
-        for name, d in latest.set_index("portfolio").iterrows():
+        for pid, d in latest.set_index("portfolio_id").iterrows():
             pos = pd.DataFrame(d["plan"].get("positions") or [])
             if pos.empty:
                 continue
-            band, first = band_of.get(name, [0.95, 1.05]), not names
+            name = labels.get(pid, d["portfolio"])
+            band, first = band_of.get(pid, [0.95, 1.05]), not names
             fig.add_bar(name="current weight", x=pos["asset"], y=pos["weight"], marker_color=PALETTE[0], visible=first, legendgroup="c")
             fig.add_bar(name="target weight (whiskers: tolerance band)", x=pos["asset"], y=pos["target_weight"], marker_color=PALETTE[1],
                         visible=first, legendgroup="t",

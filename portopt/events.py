@@ -22,7 +22,7 @@ from .config import ConfigError, DataError, PortoptError, StoreError, get_settin
 from .optimize import STRATEGIES, estimation_window, optimize
 from .portfolio import PortfolioSettings, portfolio_settings_from
 from .reallocate import ReallocationSettings, read_recent_prices, reallocate_portfolio
-from .store import Store, read_prices_from, to_iso
+from .store import ClaimLost, Store, read_prices_from, to_iso
 
 log = logging.getLogger("portopt.events")
 
@@ -327,29 +327,34 @@ class Listener:
     # -- handlers ----------------------------------------------------------------------------
     def rebalance_portfolio(self, portfolio: str, as_of=None, run_id: str | None = None) -> str:
         """Rebalance one portfolio, through papermill or directly; either way a row in `runs` (trigger `event`): `run_id`
-        (a claimed unit's) or a new one. Returns its id; the row ends `succeeded`, or `failed` and the error is raised."""
-        params = {"portfolio": portfolio, "as_of": as_of}   # the webhook is a secret: by environment, never a parameter
+        (a claimed unit's, a `Claim`) or a new one. Returns its id; the row ends `succeeded`, or `failed` and the error is
+        raised. A claimed run is marked only while this listener still holds the claim: else `ClaimLost` is raised, the
+        row is left to the listener that took it over, and (directly) this attempt's results roll back with it."""
+        params = {"portfolio": portfolio, "as_of": as_of}
+        claim = getattr(run_id, "token", None)   # the webhook is a secret: by environment, never a parameter
         if self.papermill:
             from portopt.reports import run_report
             try:
                 km = None if self.kernel is None else self.kernel.ready()
                 return run_report("rebalance", params, store=self.store, trigger="event", reports_dir=self.reports_dir,
-                                  runs_dir=self.runs_dir, kernel_manager=km, run_id=run_id).run_id
+                                  runs_dir=self.runs_dir, kernel_manager=km, run_id=run_id, claim=claim).run_id
             except Exception as e:  # e.g. the kernel would not start: the claimed row ends failed, so a retry can claim it
-                if run_id is not None:
+                if run_id is not None and not isinstance(e, ClaimLost):
                     try:
-                        self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
+                        self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000], claim=claim)
                     except Exception:
                         pass
                 raise
         run_id = run_id or self.store.start_run("rebalance", params, trigger="event")
         try:  # the results and the run's `succeeded` commit together (SQLite: one transaction; see `Store.atomic`)
             with self.store.atomic():
-                result = rebalance(self.store, portfolio, as_of=as_of, run_id=run_id, webhook=False)
-                self.store.finish_run(run_id, "succeeded")
+                result = rebalance(self.store, portfolio, as_of=as_of, run_id=str(run_id), webhook=False)
+                self.store.finish_run(run_id, "succeeded", claim=claim)  # ClaimLost here rolls the results back
         except Exception as e:
+            if isinstance(e, ClaimLost):
+                raise
             try:
-                self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000])
+                self.store.finish_run(run_id, "failed", error=redact(f"{type(e).__name__}: {e}")[:4000], claim=claim)
             except Exception:  # the store is away: the row stays running and its lease expires
                 pass
             raise
@@ -386,11 +391,17 @@ class Listener:
             if budget_spent:
                 error = (f"BudgetExceeded: the per-event budget of {self.event_budget:g} s was spent before this portfolio; "
                          "it is rebalanced on the next event, or now with `portopt listen --retry-failed`")
-                self.store.finish_run(run_id, "failed", error=error)
+                try:
+                    self.store.finish_run(run_id, "failed", error=error, claim=getattr(run_id, "token", None))
+                except ClaimLost as e:  # taken over meanwhile: the other listener's to finish
+                    return self._unit(Unit(int(event_id), name, "interrupted", attempts, str(run_id), redact(str(e)), portfolio))
                 break
             try:
                 self.rebalance_portfolio(portfolio, as_of, run_id=run_id)
-                return self._unit(Unit(int(event_id), name, "succeeded", attempts, run_id, portfolio_id=portfolio))
+                return self._unit(Unit(int(event_id), name, "succeeded", attempts, str(run_id), portfolio_id=portfolio))
+            except ClaimLost as e:  # another listener took the unit over: it is theirs to finish
+                log.warning("portfolio %s (event %s): %s", portfolio, event_id, e)
+                return self._unit(Unit(int(event_id), name, "interrupted", attempts, str(run_id), redact(str(e)), portfolio))
             except Exception as e:
                 error = redact(f"{type(e).__name__}: {e}")
                 if isinstance(e, (ConfigError, DataError)) or "ConfigError" in error or "DataError" in error \

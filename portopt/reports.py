@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import ConfigError, ReportError, get_settings, redact
-from .store import Store, open_store
+from .store import ClaimLost, Store, open_store
 
 # %% auto #0
 __all__ = ['ReportRun', 'kernel_arguments', 'report_names', 'export_html', 'run_report']
@@ -70,12 +70,13 @@ def _no_secrets(params: dict) -> None:
 def run_report(name: str = "portfolio", parameters: dict | None = None, *, store: Store | None = None,
                trigger: str = "manual", reports_dir: Path | None = None, runs_dir: Path | None = None,
                kernel_name: str = "python3", progress: bool = False, kernel_manager=None,
-               run_id: str | None = None) -> ReportRun:
+               run_id: str | None = None, claim: str | None = None) -> ReportRun:
     """Execute `reports/<name>.ipynb` with `parameters` (papermill) and export it to HTML.
 
     `store`: where the run is recorded and the report reads (default: `open_store()`). `kernel_manager`: a
     running jupyter_client kernel manager to execute in (the listener's warm kernel); default: a new kernel. `run_id`:
-    a `runs` row already claimed for this run (the listener's unit of work); default: a new row. Raises
+    a `runs` row already claimed for this run (the listener's unit of work); default: a new row. `claim`: that claim's
+    token (`Claim.token`): the run is marked only while it still holds it, else `ClaimLost` (see `Store.finish_run`). Raises
     `ConfigError` for an unknown report and `ReportError` when a cell fails; either way a failed run
     is recorded with its error, and the partial notebook and HTML stay in the run's folder."""
     import papermill as pm
@@ -93,7 +94,7 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
         run_id = run_id or store.start_run(name, params, trigger)
         out, html = folder / f"{name}.ipynb", folder / f"{name}.html"
         try:
-            pm.execute_notebook(str(source), str(out), parameters=dict(params, run_id=run_id), kernel_name=kernel_name,
+            pm.execute_notebook(str(source), str(out), parameters=dict(params, run_id=str(run_id)), kernel_name=kernel_name,
                                 progress_bar=progress, cwd=str(reports_dir), extra_arguments=kernel_arguments(),
                                 **({} if kernel_manager is None else {"km": kernel_manager}))
         except Exception as e:  # papermill raises PapermillExecutionError and kernel errors: all end the run as failed
@@ -102,11 +103,14 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
             where = f" in cell {e.exec_count}" if getattr(e, "exec_count", None) else ""
             error = redact(f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}".strip())
             _private(folder)
-            store.finish_run(run_id, "failed", output_path=str(folder), error=error[:4000])
+            try:
+                store.finish_run(run_id, "failed", output_path=str(folder), error=error[:4000], claim=claim)
+            except ClaimLost:  # another listener holds the unit now: its run is its own to mark
+                pass
             raise ReportError(f"report {name} failed{where}: {error.splitlines()[0][:300]}; partial output in {folder}") from e
         export_html(out, html)
         _private(folder)
-        store.finish_run(run_id, "succeeded", output_path=str(folder))
+        store.finish_run(run_id, "succeeded", output_path=str(folder), claim=claim)
         return ReportRun(run_id, folder, out, html)
     finally:
         if own:

@@ -24,8 +24,8 @@ from .data import dataset_info, load_dataset
 
 # %% auto #0
 __all__ = ['SCHEMA_V1', 'MIGRATIONS', 'SCHEMA_VERSION', 'TABLES', 'utc_now', 'to_iso', 'content_id', 'to_json', 'WriteResult',
-           'Store', 'validate_metrics', 'validate_units', 'SQLiteStore', 'open_store', 'ensure_dataset', 'source_names',
-           'read_prices_from']
+           'ClaimLost', 'Claim', 'Store', 'validate_metrics', 'validate_units', 'SQLiteStore', 'open_store',
+           'ensure_dataset', 'source_names', 'read_prices_from']
 
 # %% ../nbs/03_store.ipynb #c7611468
 SCHEMA_V1 = """
@@ -170,6 +170,10 @@ CREATE VIEW prices AS SELECT a.asset AS asset, strftime('%Y-%m-%dT%H:%M:%SZ', b.
     # rows naming no stored portfolio (left by a deleted one) are dropped, counted in a `runs` row (job `migrate`);
     # a backtest whose config names no stored portfolio is kept, attached to none.
     (5, _V5),
+    # 6: results written with the claim (issue 14): each claim of a unit sets a fresh token, and the run is finished
+    # only by the listener that still holds it (`finish_run(..., claim=)`), so a listener whose lease was taken over
+    # never marks the run, and on SQLite its results roll back with it
+    (6, "ALTER TABLE runs ADD COLUMN claim TEXT"),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 TABLES = ("assets", "prices", "market_metrics", "portfolios", "holdings", "optimizations",
@@ -236,6 +240,16 @@ class WriteResult:
         return self.inserted + self.updated
 
 # %% ../nbs/03_store.ipynb #161c3dcc
+class ClaimLost(StoreError):
+    "A unit's run no longer carries this listener's claim (its lease expired and another listener took it over, or it was finished): nothing was marked."
+
+class Claim(str):
+    "A claimed unit's run id (a `str`, usable wherever a run id is) carrying `.token`, the claim's own token."
+    def __new__(cls, run_id: str, token: str):
+        out = super().__new__(cls, run_id)
+        out.token = token
+        return out
+
 class Store(ABC):
     "What every portopt store does. Frames follow `portopt.clean` (long and wide shapes, UTC)."
 
@@ -300,8 +314,11 @@ class Store(ABC):
         "Record a run as `running`; returns its id."
 
     @abstractmethod
-    def finish_run(self, run_id: str, status: str, output_path: str | None = None, error: str | None = None) -> None:
-        "Mark a run `succeeded` or `failed`, with its output folder or its error."
+    def finish_run(self, run_id: str, status: str, output_path: str | None = None, error: str | None = None,
+                   claim: str | None = None) -> None:
+        """Mark a run `succeeded` or `failed`, with its output folder or its error. `claim`: a unit's claim token
+        (`Claim.token`): the run is marked only while it is `running` under that claim, else `ClaimLost` is raised and
+        nothing changes (inside `atomic`, the block's writes roll back with it). Raises `StoreError` for an unknown run."""
 
     @abstractmethod
     def read_runs(self, limit: int = 50) -> pd.DataFrame:
@@ -374,11 +391,12 @@ class Store(ABC):
 
     @abstractmethod
     def claim_unit(self, unit: str, job: str, parameters: dict, trigger: str = "event", lease_seconds: float = 300.0,
-                   retry_failed: bool = False) -> str | None:
+                   retry_failed: bool = False) -> "Claim | None":
         """Claim the unit of work `unit` (e.g. `rebalance:<event id>:<portfolio>`) and its `runs` row in one
         transaction: a new unit gets a `running` row; a `running` unit whose lease (`lease_seconds`) has expired is
-        reclaimed (same row, `attempts` + 1); a `failed` unit only with `retry_failed`. Returns the run id, or `None`
-        when the unit is done or held by a live lease — a unit never has two rows."""
+        reclaimed (same row, `attempts` + 1); a `failed` unit only with `retry_failed`. Returns the run id as a `Claim`
+        (a `str` whose `.token` is this claim's, stored in `runs.claim`; pass it to `finish_run(..., claim=)`), or
+        `None` when the unit is done or held by a live lease — a unit never has two rows."""
 
     @abstractmethod
     def read_units(self, status: str | None = None) -> pd.DataFrame:
@@ -1008,12 +1026,16 @@ class SQLiteStore(Store):
                          (run_id, job, trigger, to_json(parameters), now))
         return run_id
 
-    def finish_run(self, run_id, status, output_path=None, error=None):
+    def finish_run(self, run_id, status, output_path=None, error=None, claim=None):
         if status not in ("succeeded", "failed"):
             raise ConfigError(f"run status {status!r}: use 'succeeded' or 'failed'")
         with self._transaction() as conn:
-            n = conn.execute("UPDATE runs SET status = ?, finished_at = ?, output_path = ?, error = ? WHERE id = ?",
-                             (status, utc_now(), None if output_path is None else str(output_path), error, run_id)).rowcount
+            guard, args = ("", ()) if claim is None else (" AND status = 'running' AND claim = ?", (claim,))
+            n = conn.execute(f"UPDATE runs SET status = ?, finished_at = ?, output_path = ?, error = ? WHERE id = ?{guard}",
+                             (status, utc_now(), None if output_path is None else str(output_path), error, run_id, *args)).rowcount
+            if n != 1 and claim is not None and conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                raise ClaimLost(f"run {run_id} was taken over by another listener (its lease expired) or finished; "
+                                "this listener's results are discarded")
             if n != 1:
                 raise StoreError(f"no run {run_id!r} in {self.path}")
             self._event(conn, "runs", dict(run_id=run_id, status=status))
@@ -1034,17 +1056,18 @@ class SQLiteStore(Store):
     def claim_unit(self, unit, job, parameters, trigger="event", lease_seconds=300.0, retry_failed=False):
         now = utc_now()
         lease = (pd.Timestamp(now) + pd.Timedelta(seconds=float(lease_seconds))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        token = uuid.uuid4().hex  # this claim's own: a later claim of the same row replaces it
         with self._transaction() as conn:  # BEGIN IMMEDIATE: one writer claims at a time
-            row = conn.execute("""INSERT INTO runs (id, job, trigger, parameters, status, started_at, unit, lease_until, attempts)
-                                  VALUES (?, ?, ?, ?, 'running', ?, ?, ?, 1)
+            row = conn.execute("""INSERT INTO runs (id, job, trigger, parameters, status, started_at, unit, lease_until, attempts, claim)
+                                  VALUES (?, ?, ?, ?, 'running', ?, ?, ?, 1, ?)
                                   ON CONFLICT (unit) DO UPDATE SET status = 'running', started_at = excluded.started_at,
                                       finished_at = NULL, error = NULL, lease_until = excluded.lease_until,
-                                      attempts = runs.attempts + 1
+                                      attempts = runs.attempts + 1, claim = excluded.claim
                                   WHERE (runs.status = 'failed' AND ?) OR (runs.status = 'running' AND runs.lease_until < ?)
                                   RETURNING id""",
-                               (content_id("run", job, unit), job, trigger, to_json(parameters), now, unit, lease,
+                               (content_id("run", job, unit), job, trigger, to_json(parameters), now, unit, lease, token,
                                 bool(retry_failed), now)).fetchone()
-        return None if row is None else row[0]
+        return None if row is None else Claim(row[0], token)
 
     def read_units(self, status=None):
         where, args = ["unit IS NOT NULL"], []

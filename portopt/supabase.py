@@ -18,7 +18,7 @@ from postgrest.types import ReturnMethod
 from .clean import LONG_COLUMNS, to_utc, to_wide, validate_long
 from .config import ConfigError, StoreError
 from .portfolio import portfolio_settings_from
-from .store import (Store, WriteResult, _backtest_id, content_id, to_iso, to_json, utc_now, validate_metrics, validate_units)
+from .store import (Claim, ClaimLost, Store, WriteResult, _backtest_id, content_id, to_iso, to_json, utc_now, validate_metrics, validate_units)
 
 # %% auto #0
 __all__ = ['supabase_settings', 'SupabaseStore', 'migrations_dir', 'apply_migrations']
@@ -254,12 +254,17 @@ class SupabaseStore(Store):
                                                    status="running", started_at=now), returning=ReturnMethod.minimal), "runs")
         return run_id
 
-    def finish_run(self, run_id, status, output_path=None, error=None):
+    def finish_run(self, run_id, status, output_path=None, error=None, claim=None):
         if status not in ("succeeded", "failed"):
             raise ConfigError(f"run status {status!r}: use 'succeeded' or 'failed'")
-        rows = self._exec(self._table("runs").update(dict(status=status, finished_at=utc_now(),
-                                                          output_path=None if output_path is None else str(output_path),
-                                                          error=error)).eq("id", run_id), "runs")
+        q = self._table("runs").update(dict(status=status, finished_at=utc_now(), error=error,
+                                            output_path=None if output_path is None else str(output_path))).eq("id", str(run_id))
+        if claim is not None:  # only while this listener still holds the unit (one UPDATE: the filter and the write are atomic)
+            q = q.eq("status", "running").eq("claim", claim)
+        rows = self._exec(q, "runs")
+        if len(rows) != 1 and claim is not None and self._exec(self._table("runs").select("id").eq("id", str(run_id)), "runs"):
+            raise ClaimLost(f"run {run_id} was taken over by another listener (its lease expired) or finished; "
+                            "this listener's results are discarded")
         if len(rows) != 1:
             raise StoreError(f"no run {run_id!r} in {self.url}")
 
@@ -268,10 +273,12 @@ class SupabaseStore(Store):
         return _frame(rows, _RUN_COLUMNS, micro=("started_at", "finished_at"))
 
     def claim_unit(self, unit, job, parameters, trigger="event", lease_seconds=300.0, retry_failed=False):
+        import uuid
+        token = uuid.uuid4().hex  # this claim's own (runs.claim): finish_run(..., claim=token) checks it
         r = self._rpc("claim_unit", {"p_unit": unit, "p_id": content_id("run", job, unit), "p_job": job, "p_trigger": trigger,
                                      "p_parameters": json.loads(to_json(parameters)), "p_lease_seconds": float(lease_seconds),
-                                     "p_retry_failed": bool(retry_failed)})
-        return r or None
+                                     "p_retry_failed": bool(retry_failed), "p_claim": token})
+        return Claim(r, token) if r else None
 
     def read_units(self, status=None):
         def make():

@@ -333,3 +333,29 @@ def test_an_executed_report_opened_in_the_web_app_only_reads(populated):
         text = check_page(page)
     assert done["portfolio"].run_id in text
     assert dump(path) == before
+
+
+def test_the_overview_groups_by_portfolio_id_and_labels_same_names(tmp_path):
+    """Issue 14: a shared (service-role) store holds two owners' portfolios both named `main`; the overview shows
+    two rows, one decision each, labelled by owner, and each alert under its own portfolio (grouped by id, not name)."""
+    from portopt.dashboards import live_sections, portfolio_labels
+    from portopt.events import rebalance
+    from portopt.store import SQLiteStore, ensure_dataset
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    ensure_dataset(store)
+    settings = {"assets": ["BTC", "ETH"], "strategy": "equal_weight"}
+    store.upsert_portfolio("main", owner="aaaaaaaa-1111", settings=settings)
+    store.upsert_portfolio("main", owner="bbbbbbbb-2222", settings=settings)
+    store.upsert_portfolio("solo", owner="aaaaaaaa-1111", settings=settings)
+    p = store.read_portfolios()
+    ids = dict(zip(p["owner"] + "/" + p["portfolio"], p["id"]))
+    labels = portfolio_labels(store)
+    assert labels == {ids["aaaaaaaa-1111/main"]: "main (owner aaaaaaaa)", ids["bbbbbbbb-2222/main"]: "main (owner bbbbbbbb)",
+                      ids["aaaaaaaa-1111/solo"]: "solo"}
+    rebalance(store, ids["aaaaaaaa-1111/main"], webhook=False)   # only A's main has a decision
+    store.write_alert("drift", "B's alert", portfolio=ids["bbbbbbbb-2222/main"])
+    html = live_sections(store)
+    summary = html["portfolios"].split("po-summary", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>", summary)
+    assert sorted(rows) == [("main (owner aaaaaaaa)", "held"), ("main (owner bbbbbbbb)", "none yet"), ("solo", "none yet")]
+    assert re.search(r"<td>main \(owner bbbbbbbb\)</td>\s*<td>drift</td>", html["alerts"])

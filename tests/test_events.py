@@ -262,6 +262,18 @@ def unit_rows(store):
     return u.assign(event=u["parameters"].map(lambda p: p["event_id"]), portfolio=u["parameters"].map(lambda p: p["portfolio"]))
 
 
+def assert_results_match_units(store):
+    """Exactly one completed runs row per (event, portfolio), none left running, and results exactly for the completed
+    ones: every succeeded unit's run has its optimization and its portfolio a decision, and no result names another run."""
+    rows = unit_rows(store)
+    assert not rows.duplicated(["event", "portfolio"]).any() and not (rows["status"] == "running").any(), rows
+    done = rows[rows["status"] == "succeeded"]
+    opt = store.read_optimizations(limit=10_000)
+    assert set(opt["run_id"].dropna()) == set(done["id"]), "optimizations without a succeeded run, or the reverse"
+    pids = {p["portfolio_id"] for p in done["parameters"]}
+    assert set(store.read_reallocations(limit=10_000)["portfolio_id"]) == pids
+
+
 def test_a_bad_portfolio_beside_20_good_ones_fails_alone_with_its_reason(store, env):
     setup_many(store, 20)
     # settings the model accepts but the optimizer refuses, and (SQLite) settings written around the store's check
@@ -350,6 +362,7 @@ def test_kill_9_mid_event_leaves_exactly_one_completed_run_per_portfolio(store, 
     assert len(rows) == 20 and not rows.duplicated(["event", "portfolio"]).any()
     assert (rows["status"] == "succeeded").all() and store.read_events("prices", pending_only=True).empty
     assert len(store.read_reallocations()) == 20
+    assert_results_match_units(store)
 
 
 def test_two_sqlite_listeners_never_handle_a_batch_twice(tmp_path, monkeypatch):
@@ -399,6 +412,7 @@ def test_a_database_restart_mid_event_leaves_exactly_one_completed_run_per_portf
     rows = unit_rows(store)
     assert len(rows) == 21 and not rows.duplicated(["event", "portfolio"]).any() and (rows["status"] == "succeeded").all()
     assert store.read_events("prices", pending_only=True).empty
+    assert_results_match_units(store)
     store.close()
 
 
@@ -486,3 +500,33 @@ def test_a_listeners_webhook_does_not_outlive_it(tmp_path, monkeypatch):
         listener.close()
         listener.close()  # twice: still the process's own value
         assert os.environ["PORTOPT_WEBHOOK"] == "http://127.0.0.1:9/own"
+
+
+@pytest.mark.parametrize("papermill", [False, True], ids=["direct", "papermill"])
+def test_a_listener_whose_lease_was_taken_over_marks_nothing(store, env, papermill):
+    """Issue 14, item 4: listener A claims a unit and stalls past its lease; B reclaims it (a new claim token). A's late
+    completion raises ClaimLost: the run is not marked by A (on SQLite direct its results roll back too); B's marks it,
+    one row, succeeded, with exactly one optimization and reallocation."""
+    from portopt.store import ClaimLost
+    setup_portfolio(store)
+    pid = store.portfolio_id("fund")
+    unit, params = f"rebalance:1:{pid}", {"portfolio": "fund", "portfolio_id": pid, "as_of": None, "event_id": 1, "topic": "prices"}
+    a = store.claim_unit(unit, "rebalance", params, lease_seconds=0.5)
+    assert a is not None and a.token
+    time.sleep(1.0)  # A stalls: its lease expires
+    b = store.claim_unit(unit, "rebalance", params, lease_seconds=300)
+    assert b == a and b.token != a.token  # the same row, a new claim
+    late = Listener(store, papermill=papermill)
+    try:
+        with pytest.raises(ClaimLost, match="taken over"):
+            late.rebalance_portfolio(pid, run_id=a)
+        [row] = store.read_units().to_dict("records")
+        assert row["status"] == "running" and row["attempts"] == 2  # A marked nothing: B's claim stands
+        if not papermill and not hasattr(store, "client"):
+            assert store.read_optimizations().empty and store.read_reallocations().empty  # A's results rolled back
+        assert late.rebalance_portfolio(pid, run_id=b) == b
+    finally:
+        late.close()
+    [row] = store.read_units().to_dict("records")
+    assert row["status"] == "succeeded" and row["attempts"] == 2
+    assert len(store.read_optimizations()) == 1 and len(store.read_reallocations()) == 1

@@ -338,3 +338,28 @@ def test_a_v3_store_with_prices_migrates_and_reads_back_identical_frames(tmp_pat
             pd.testing.assert_frame_equal(got, want, check_exact=True)
         assert (st.read_prices(["SOL"])["SOL"].to_numpy() == other["close"].to_numpy()).all()  # the later recording wins
         assert st.write_prices(sol, "coingecko").changed == 0  # upserts meet the migrated keys
+
+
+def test_a_version_5_store_with_units_is_migrated_to_claim_tokens(store_path):
+    "Schema 6 adds runs.claim: a v5 store's unit rows are kept (no token), and a claim of an expired one sets a token."
+    from portopt.store import MIGRATIONS, ClaimLost
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    for version, sql in MIGRATIONS:
+        if version <= 5:
+            conn.executescript(sql)
+    conn.execute("INSERT INTO runs (id, job, trigger, parameters, status, started_at, unit, lease_until, attempts) VALUES "
+                 "('r1', 'rebalance', 'event', '{}', 'running', '2026-01-01T00:00:00.000000Z', 'u1', '2026-01-01T00:05:00.000000Z', 1),"
+                 "('r2', 'rebalance', 'event', '{}', 'succeeded', '2026-01-01T00:00:00.000000Z', 'u2', '2026-01-01T00:05:00.000000Z', 1)")
+    conn.execute("PRAGMA user_version = 5")
+    conn.close()
+    with SQLiteStore(store_path) as st:
+        assert st.schema_version == SCHEMA_VERSION == 6
+        units = st.read_units().set_index("unit")
+        assert units.loc["u1", "status"] == "running" and units.loc["u2", "status"] == "succeeded" and units["claim"].isna().all()
+        with pytest.raises(ClaimLost):          # a pre-6 claim holds no token: a token-checked finish is refused
+            st.finish_run("r1", "succeeded", claim="not-its-token")
+        c = st.claim_unit("u1", "rebalance", {}, lease_seconds=60)   # expired lease: reclaimed with a token
+        assert c == "r1" and len(c.token) == 32
+        st.finish_run(c, "succeeded", claim=c.token)
+        assert st.read_units().set_index("unit").loc["u1", "status"] == "succeeded"
+        assert st.claim_unit("u2", "rebalance", {}) is None

@@ -299,7 +299,7 @@ def test_the_identity_migration_keeps_rows_with_their_portfolio(stack, tmp_path)
             conn.execute("INSERT INTO reallocations (id, portfolio, as_of, status, plan) VALUES ('r-gone', 'gone', '2024-01-02', 'held', '{}')")
             conn.execute("INSERT INTO optimizations (id, portfolio, strategy, params, weights, metrics) "
                          "VALUES ('o-none', NULL, 'hrp', '{}', '{}', '{}')")
-        assert apply_migrations(mig) == ["20261202000000_portfolio_identity.sql"]
+        assert apply_migrations(mig) == ["20261202000000_portfolio_identity.sql", "20261203000000_unit_results.sql"]
         with psycopg.connect(mig) as conn:
             ids = dict(conn.execute("SELECT portfolio, id::text FROM portfolios"))
             owner = dict(conn.execute("SELECT id::text, owner FROM portfolios"))
@@ -320,3 +320,23 @@ def test_the_identity_migration_keeps_rows_with_their_portfolio(stack, tmp_path)
     finally:
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_only_the_service_role_claims_units_and_a_lost_claim_marks_nothing(stack):
+    "claim_unit (with its claim token) is executable by the service role only; finish_run checks the token."
+    from portopt.store import ClaimLost
+    s = stack.settings
+    args = {"p_unit": "u1", "p_id": "r1", "p_job": "rebalance", "p_trigger": "event", "p_parameters": {},
+            "p_lease_seconds": 60.0, "p_retry_failed": False, "p_claim": "stolen"}
+    for who in (SupabaseStore(s["SUPABASE_URL"], s["SUPABASE_ANON_KEY"]), as_user(stack, ALICE)):
+        with pytest.raises(Exception, match="permission denied"):
+            who.client.rpc("claim_unit", args).execute()
+    svc = service(stack)
+    assert svc.read_units().empty  # the refused calls wrote nothing
+    c = svc.claim_unit("u1", "rebalance", {}, lease_seconds=60)
+    assert len(c.token) == 32 and svc.claim_unit("u1", "rebalance", {}) is None  # held by a live lease
+    with pytest.raises(ClaimLost, match="taken over"):
+        svc.finish_run(c, "succeeded", claim="another-listeners-token")
+    assert svc.read_units()["status"].tolist() == ["running"]
+    svc.finish_run(c, "succeeded", claim=c.token)
+    assert svc.read_units()["status"].tolist() == ["succeeded"]
