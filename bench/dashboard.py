@@ -1,4 +1,4 @@
-"""The Voila apps under load, in headless Chromium (Debian's), served as `make dashboard` serves them (voila.json).
+"""The Voila apps under load, in headless Chromium (Debian's), served as `make dashboard` serves them (voila.json, the portopt template).
 
     .venv/bin/python bench/dashboard.py [--store PATH] [--hang-loads 50]
 
@@ -102,7 +102,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", type=Path)
     ap.add_argument("--hang-loads", type=int, default=50)
-    ap.add_argument("--voila-arg", action="append", default=[], help="a Voila option on top of voila.json, e.g. "
+    ap.add_argument("--voila-arg", action="append", default=[], help="a Voila option on top of voila.json, e.g. --template=lab (Voila's own page) or "
                     "--voila-arg=--VoilaConfiguration.preheat_kernel=True (repeatable)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="portopt-bench-"))

@@ -14,11 +14,11 @@ from .config import get_settings
 from .store import SQLiteStore, Store, open_store
 
 # %% auto #0
-__all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'LIVE_CHARTS', 'PALETTE', 'open_for_reading',
+__all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'LIVE_CHARTS', 'PALETTE', 'TEMPLATE', 'open_for_reading',
            'web_app_recompute', 'latest_run', 'shown_run', 'when', 'made_by', 'pct', 'money', 'num', 'utilization',
            'strategy_color', 'recolor', 'tidy', 'show', 'served_report', 'portfolio_labels', 'live_sections',
            'overview_charts', 'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot', 'live_block',
-           'live_script', 'LiveSnapshots', 'serve']
+           'live_script', 'template_dir', 'voila_env', 'voila_command', 'LiveSnapshots', 'serve']
 
 # %% ../nbs/51_dashboards.ipynb #ad8d925c
 def open_for_reading(store_path=None) -> Store:
@@ -446,6 +446,36 @@ def live_script(store_path=None, every: float = 5.0) -> str:
 </script>"""
 
 
+# %% ../nbs/51_dashboards.ipynb #cc34314a
+TEMPLATE = "portopt"
+
+def template_dir() -> Path:
+    "The project's Voila template folder, `<project>/share/jupyter/voila/templates/portopt`; FileNotFoundError when absent."
+    d = Path(__file__).resolve().parent.parent / "share" / "jupyter" / "voila" / "templates" / TEMPLATE
+    if not (d / "index.html.j2").is_file():
+        raise FileNotFoundError(f"Voila template {TEMPLATE!r} not found at {d}: serve the dashboards from a checkout of the project (make dashboard)")
+    return d
+
+def voila_env(env: dict | None = None) -> dict:
+    """A copy of `env` (default `os.environ`) with the project's `share/jupyter` first on JUPYTER_PATH, so Voila finds
+    the `portopt` template; copies plotly's own `plotly.min.js` (the version that made the figures' JSON) into the
+    template's `static/` when it is missing or differs, so the page loads it from Voila, never from a CDN."""
+    import plotly
+    d = template_dir()
+    src, dst = Path(plotly.__file__).parent / "package_data" / "plotly.min.js", d / "static" / "plotly.min.js"
+    if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    env = dict(os.environ if env is None else env)
+    share = str(d.parent.parent.parent)
+    env["JUPYTER_PATH"] = os.pathsep.join([share, *[q for q in env.get("JUPYTER_PATH", "").split(os.pathsep) if q and q != share]])
+    return env
+
+def voila_command(root="reports", port: int = 8866, *extra: str) -> list[str]:
+    "The Voila command line of `make dashboard`: `root` served on 127.0.0.1:`port` with the `portopt` template (run it with `voila_env()`)."
+    return [sys.executable, "-m", "voila", str(root), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", f"--template={TEMPLATE}", *extra]
+
+
 # %% ../nbs/51_dashboards.ipynb #1f75cde4
 class LiveSnapshots:
     """Keeps the overview's snapshot current while the dashboards are served: a thread that calls
@@ -502,11 +532,11 @@ class LiveSnapshots:
         live_path(self.root, self.store_path).unlink(missing_ok=True)
 
 def serve(root="reports", port: int = 8866, every: float = 5.0) -> int:
-    """`make dashboard`: Voila on http://127.0.0.1:`port` serving `root` (the project's voila.json applies), with
+    """`make dashboard`: Voila on http://127.0.0.1:`port` serving `root` (the project's voila.json and `portopt` template apply), with
     `LiveSnapshots` keeping the overview current; returns Voila's exit code (Ctrl-C stops both)."""
     import subprocess
     with LiveSnapshots(root, None, every):
-        proc = subprocess.Popen([sys.executable, "-m", "voila", str(root), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"])
+        proc = subprocess.Popen(voila_command(root, port), env=voila_env())
         try:
             return proc.wait()
         except KeyboardInterrupt:

@@ -48,16 +48,16 @@ def require(*modules, browser=True):
 
 @contextlib.contextmanager
 def voila(store_path: Path, log: Path, extra: tuple = ()):
-    """Serve reports/ as `make dashboard` does (the project's voila.json) on a free loopback port; yields the base URL
+    """Serve reports/ as `make dashboard` does (the project's voila.json and `portopt` template) on a free loopback port; yields the base URL
     once Voila listens; `extra`: more Voila options (the benchmark's variants). The server's pid is written beside the log (`.pid`), for counting its kernels."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    from portopt.dashboards import voila_command, voila_env
     env = dict(os.environ, PORTOPT_STORE=str(store_path))
     env.pop("PORTOPT_RUNS", None)  # report links point into reports/runs, which Voila serves
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "voila", "reports", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", *extra],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(voila_command("reports", port, *extra), cwd=ROOT, env=voila_env(env), stdout=out, stderr=subprocess.STDOUT)
     log.with_suffix(".pid").write_text(str(proc.pid))
     from portopt.dashboards import LiveSnapshots
     live = LiveSnapshots(ROOT / "reports", store_path, every=1.0)  # as `make dashboard`: the overview's snapshot kept current
@@ -88,8 +88,8 @@ def browser():
 def check_page(page):
     """No Python error, no number in scientific notation in any table cell, nothing addressed to developers.
 
-    Voila 0.5 renders outputs in the browser (JupyterLab's renderers) after it reveals the cells, so the first table
-    can land a moment after the text the caller waited for: wait for it before reading the page."""
+    The portopt template streams the cells as they run, so the first table can land a moment after the text the
+    caller waited for: wait for it before reading the page."""
     page.wait_for_selector("td", timeout=60_000)
     text = page.inner_text("body")
     assert "Traceback" not in text and not re.search(r"\b\w+Error:", text), text[:2000]
@@ -140,6 +140,10 @@ def test_overview_matches_the_store_and_a_menu_redraws(populated):
         open_app(page, url, "dashboard", ".po-summary")
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         check_page(page)
+        # the portopt template: outputs drawn on the server, one local plotly.js, no JupyterLab front end, no CDN
+        source = page.content()
+        assert "/voila/templates/portopt/static/plotly.min.js" in source
+        assert "jupyter-config-data" not in source and "voila.js" not in source and "cdn." not in source
         summary = page.inner_text(".po-summary")
         assert "demo" in summary and decision["status"].replace("_", " ") in summary and "rebalance-demo" in summary
         assert f"{decision['plan']['nav']:,.2f} USD" in summary
