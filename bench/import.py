@@ -5,8 +5,9 @@ this order, each on a fresh SQLite file:
 
 1. the file: `--rows` rows of `timestamp,asset,open,high,low,close,volume` (ISO 8601 UTC, hourly bars, `--assets`
    assets, random-walk prices), written once to a temporary folder;
-2. portopt: `import_files([file])` + `SQLiteStore.write_prices_many` (what `portopt import FILE` does: parse,
-   validate, refuse or collapse duplicates, check frequencies, upsert with the store's schema, indexes and outbox);
+2. portopt: `import_prices(store, [file])` (what `portopt import FILE` does: the file streamed in ~8 MB pieces, each
+   parsed and checked (refusals, duplicates, frequencies, the store's bars) by a helper thread while SQLite upserts
+   the previous one with the store's schema and outbox, in one transaction);
 3. portopt again on the same file (every row unchanged: nothing written);
 4. the peer: `pd.read_csv(file)` + `frame.to_sql("prices", sqlite3 connection, index=False)` — no validation, no
    key, no index, no upsert: a floor for the work, not the same work.
@@ -75,7 +76,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--assets", type=int, default=500)
     args = ap.parse_args()
-    from portopt.data import import_files
+    from portopt.data import import_prices
     from portopt.store import SQLiteStore
 
     with tempfile.TemporaryDirectory() as d:
@@ -88,9 +89,9 @@ def main() -> None:
 
         def portopt(store_file):
             with SQLiteStore(store_file) as st:
-                _, batches, _ = import_files([file])
-                res = st.write_prices_many([(frame, src) for src, frame in batches.items()])
-            return res[0]
+                done = import_prices(st, [file])
+            assert done.streamed, done.why
+            return next(iter(done.results.values()))
 
         with Peak() as first:
             r1 = portopt(d / "portopt.sqlite")

@@ -376,7 +376,7 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
             typer.echo(f"excluded in {k}: " + "; ".join(f"{a} {w}" for a, w in ex.items()))
 
 # %% ../nbs/90_cli.ipynb #3b41483d
-from .data import LAYOUTS, check_stored_bars, frequency_label, import_files
+from .data import LAYOUTS, check_stored_bars, frequency_label, import_files, import_prices, why_not_streamed
 
 @app.command("import")
 def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, CSV.gz or Parquet) or globs such as 'klines/*.csv'.")],
@@ -389,21 +389,19 @@ def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, C
     changes nothing). Layouts: """ + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
     if allow_dates:
         os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
-    files, batches, notes = import_files(paths, asset, source, allow_jumps)
+    # large plain long CSVs are streamed piece by piece into the open store; anything else is read whole first, as
+    # before, and every refusal is worded by the whole-file path (which also runs check_stored_bars: a series keeps its bars)
+    prepared = import_files(paths, asset, source, allow_jumps) if why_not_streamed(paths, asset) else None
     with open_store(store) as st:
-        check_stored_bars(st, batches)   # a series keeps its frequency: a daily file never lands among hourly bars
-        results = st.write_prices_many([(frame, src) for src, frame in batches.items()])
+        done = import_prices(st, paths, asset, source, allow_jumps, prepared=prepared)
         where = getattr(st, "path", None) or getattr(st, "url", "the store")
-    for f in files:
-        fr = f.frame
-        typer.echo(f"{f.path}: {f.layout} layout, {len(fr)} prices of {fr['asset'].nunique()} asset(s) "
-                   f"({', '.join(sorted(fr['asset'].unique())[:8])}{', ...' if fr['asset'].nunique() > 8 else ''}; "
-                   f"{fr['timestamp'].min():%Y-%m-%d} to {fr['timestamp'].max():%Y-%m-%d}); source {source or f.source!r}")
+    for f in done.files:
+        typer.echo(f.describe(source))
         for note in f.notes:
             typer.echo(f"  note: {note}")
-    for note in notes:
+    for note in done.notes:
         typer.echo(f"note: {note}")
-    for src, res in zip(batches, results):
+    for src, res in done.results.items():
         typer.echo(f"source {src!r}: {res.inserted} new, {res.updated} updated, {res.unchanged} unchanged in {where}")
 
 @app.command("data")

@@ -23,10 +23,11 @@ from .config import ConfigError, DataError
 
 # %% auto #0
 __all__ = ['DATASETS_DIR', 'DATASETS', 'TIME_COLUMNS', 'FIELDS', 'QUOTES', 'ALIASES', 'BINANCE_KLINE', 'MAX_PRICE', 'MAX_JUMP',
-           'LAYOUTS', 'coingecko_frame', 'dataset_info', 'load_dataset', 'load_prices', 'load_market_caps',
-           'load_volumes', 'check_file', 'check_fields', 'PriceFile', 'epoch_times', 'read_times', 'asset_from_name',
-           'detect_layout', 'collapse_duplicates', 'bar_words', 'frequency_label', 'uniform_bar', 'check_frequencies',
-           'import_file', 'expand_paths', 'import_files', 'read_price_file', 'check_stored_bars']
+           'LAYOUTS', 'PIECE_BYTES', 'coingecko_frame', 'dataset_info', 'load_dataset', 'load_prices',
+           'load_market_caps', 'load_volumes', 'check_file', 'check_fields', 'PriceFile', 'epoch_times', 'read_times',
+           'asset_from_name', 'detect_layout', 'collapse_duplicates', 'bar_words', 'frequency_label', 'uniform_bar',
+           'check_frequencies', 'import_file', 'expand_paths', 'import_files', 'read_price_file', 'check_stored_bars',
+           'StreamedFile', 'ImportResult', 'why_not_streamed', 'import_prices']
 
 # %% ../nbs/02_data.ipynb #e1cb7597
 def coingecko_frame(raw: pd.DataFrame, asset: str | None = None, where: str = "data") -> pd.DataFrame:
@@ -288,7 +289,9 @@ def _read_csv(path: Path, **kw) -> pd.DataFrame:
         frame = pd.read_csv(path, engine="pyarrow", **kw)
         _release_arrow_memory()
         return frame
-    except Exception:  # noqa: BLE001 (pyarrow's errors are of several kinds; the C parser decides)
+    except Exception as e:  # noqa: BLE001 (pyarrow's errors are of several kinds; the C parser decides)
+        if type(e).__name__ == "ArrowCancelled":   # pyarrow's read stopped by Ctrl-C: an interruption, not a format
+            raise KeyboardInterrupt from None
         return pd.read_csv(path, skipinitialspace=True, **kw)
 
 def _read_raw(path: Path) -> tuple[pd.DataFrame, int, dict]:
@@ -720,24 +723,268 @@ def check_stored_bars(store, batches: dict[str, pd.DataFrame]) -> None:
         return
     cov = cov.set_index(["source", "asset"])
     for src, frame in batches.items():
-        wanted = [(a, bar) for a, bar in _batch_bars(frame) if (src, a) in cov.index]
-        spans = {}
-        for a, bar in wanted:
-            first, last, n = (cov.loc[(src, a), k] for k in ("first", "last", "prices"))
-            if n >= 2:
-                first, last = pd.Timestamp(first), pd.Timestamp(last)
-                spans[a] = (bar, last - 8 * (last - first) / (n - 1))
-        if not spans:
+        _check_bars(store, cov, src, _batch_bars(frame))
+
+def _check_bars(store, cov: pd.DataFrame, src: str, pairs) -> None:
+    "`check_stored_bars` for `(asset, bar)` pairs of one source against `cov` (`price_coverage()` indexed by source, asset)."
+    wanted = [(a, bar) for a, bar in pairs if (src, a) in cov.index]
+    spans = {}
+    for a, bar in wanted:
+        first, last, n = (cov.loc[(src, a), k] for k in ("first", "last", "prices"))
+        if n >= 2:
+            first, last = pd.Timestamp(first), pd.Timestamp(last)
+            spans[a] = (bar, last - 8 * (last - first) / (n - 1))
+    if not spans:
+        return
+    stored = store.read_prices(assets=list(spans), source=src, start=min(s for _, s in spans.values()))
+    for a, (bar, since) in spans.items():
+        idx = stored[a].dropna().index if a in stored else pd.DatetimeIndex([])
+        idx = idx[idx >= since]
+        if len(idx) < 2:
             continue
-        stored = store.read_prices(assets=list(spans), source=src, start=min(s for _, s in spans.values()))
-        for a, (bar, since) in spans.items():
-            idx = stored[a].dropna().index if a in stored else pd.DatetimeIndex([])
-            idx = idx[idx >= since]
-            if len(idx) < 2:
-                continue
-            have = pd.Timedelta(np.diff(idx.to_numpy(dtype="datetime64[ns]").view(np.int64)).min(), "ns")
-            if have != bar:
-                short = re.sub(r"(\d+) (\w)\w*", r"\1\2", bar_words(bar))   # 1 day → 1d, 1 h → 1h, 15 min → 15m
-                raise DataError(f"source {src!r} holds {bar_words(have)} bars of {a} (to {idx[-1]:%Y-%m-%d %H:%M}), "
-                                f"this import has {bar_words(bar)} bars of it; import it under its own --source "
-                                f"(e.g. --source {src}-{short}) so the two series never mix")
+        have = pd.Timedelta(np.diff(idx.to_numpy(dtype="datetime64[ns]").view(np.int64)).min(), "ns")
+        if have != bar:
+            short = re.sub(r"(\d+) (\w)\w*", r"\1\2", bar_words(bar))   # 1 day → 1d, 1 h → 1h, 15 min → 15m
+            raise DataError(f"source {src!r} holds {bar_words(have)} bars of {a} (to {idx[-1]:%Y-%m-%d %H:%M}), "
+                            f"this import has {bar_words(bar)} bars of it; import it under its own --source "
+                            f"(e.g. --source {src}-{short}) so the two series never mix")
+
+# %% ../nbs/02_data.ipynb #ab48823e
+PIECE_BYTES = 8 << 20   # a streamed import reads, checks and writes the file ~8 MB at a time
+
+class _Unsure(Exception):
+    "Something the streaming import cannot decide exactly on its own: the whole-file path decides (and words any refusal)."
+
+@dataclass
+class StreamedFile:
+    "What a streamed import read from one file: counts, assets and time span (no frame is kept)."
+    path: Path
+    layout: str
+    source: str
+    rows: int = 0
+    assets: set = field(default_factory=set)
+    first: pd.Timestamp | None = None
+    last: pd.Timestamp | None = None
+    notes: list = field(default_factory=list)
+
+    def describe(self, source: str | None = None) -> str:
+        names = sorted(self.assets)
+        return (f"{self.path}: {self.layout} layout, {self.rows} prices of {len(names)} asset(s) "
+                f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}; "
+                f"{self.first:%Y-%m-%d} to {self.last:%Y-%m-%d}); source {source or self.source!r}")
+
+def _describe_file(self, source: str | None = None) -> str:
+    fr = self.frame
+    return (f"{self.path}: {self.layout} layout, {len(fr)} prices of {fr['asset'].nunique()} asset(s) "
+            f"({', '.join(sorted(fr['asset'].unique())[:8])}{', ...' if fr['asset'].nunique() > 8 else ''}; "
+            f"{fr['timestamp'].min():%Y-%m-%d} to {fr['timestamp'].max():%Y-%m-%d}); source {source or self.source!r}")
+PriceFile.describe = _describe_file
+
+@dataclass
+class ImportResult:
+    """What `import_prices` did: the files read (`PriceFile` or `StreamedFile`, each with `describe()`), notes,
+    one `WriteResult` per source, and `streamed` (True: read piece by piece; else `why` says why the whole-file path ran)."""
+    files: list
+    notes: list
+    results: dict
+    streamed: bool
+    why: str = ""
+
+def _stream_plan(path: Path, asset: str | None, piece_bytes: int):
+    "`(names, delim, layout)` when `path` is a plain long CSV of several pieces that can be streamed, else a reason (str)."
+    if asset is not None:
+        return "--asset given"
+    if not path.name.lower().endswith(".csv"):
+        return "not a plain .csv file"
+    check_file(path)
+    if path.stat().st_size <= piece_bytes:
+        return "one piece"
+    lines, delim = _header(path)
+    names = [h.strip() for h in lines[0]]
+    if not names or _is_number(names[0]) or names[0].lower() == "price" or "" in names:
+        return "no plain header"
+    if len({n.lower() for n in names}) != len(names) or max(map(len, names)) > get_limits().max_field:
+        return "header needs the whole-file checks"
+    try:
+        layout = detect_layout(names)
+    except DataError:
+        return "unknown layout"
+    if layout != "ohlcv" or "asset" not in {n.lower() for n in names}:
+        return f"{layout} layout"
+    return names, delim, ("binance" if "open_time" in {n.lower() for n in names} else "ohlcv")
+
+def _stream_pieces(path: Path, plan, src: str, allow_jumps: bool, piece_bytes: int, stored: set, state: dict, info: StreamedFile):
+    """The file's rows as validated long pieces, checked across piece boundaries as the whole file would be (sorted
+    keys, one bar per asset, the ×1000 jump); raises `_Unsure` for anything else. Yields `(piece, [(asset, bar)])`:
+    the assets whose bar became known in this piece and that the store already holds under `src` (to check there)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    names, delim, layout = plan
+    where = str(path)
+    lower = {n.lower(): n for n in names}
+    types = {n: pa.float64() for k, n in lower.items() if k in FIELDS}
+    types[lower["asset"]] = pa.string()
+    try:
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(column_names=names, skip_rows=1, block_size=piece_bytes),
+                               parse_options=pcsv.ParseOptions(delimiter=delim),
+                               convert_options=pcsv.ConvertOptions(column_types=types))
+    except Exception as e:  # noqa: BLE001 (pyarrow's errors: the whole-file path reads it or words the refusal)
+        raise _Unsure(f"pyarrow: {e}") from None
+    bars, seen = state.setdefault("bars", {}), state.setdefault("seen", set())
+    last, carry, row0 = None, None, 2   # last: (asset, ns, close) of the last row passed on; carry: a held-back row
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except Exception as e:  # noqa: BLE001 (a type that changes after the first piece, a bad row: the whole-file path decides)
+            if type(e).__name__ == "ArrowCancelled":
+                raise KeyboardInterrupt from None
+            raise _Unsure(f"pyarrow: {e}") from None
+        if batch.num_rows == 0:
+            continue
+        frame = batch.to_pandas()
+        notes: list = []
+        try:
+            check_fields(frame, where)
+            long = _long_from(frame, "ohlcv", path, None, {}, notes, 1)
+            long["_row"] += row0 - 2
+            row0 += len(frame)
+            if carry is not None:
+                long = pd.concat([carry, long], ignore_index=True)
+            if not keys_sorted(long["asset"], long["timestamp"]):
+                raise _Unsure("rows not in key order")
+            long = _check_rows(long, where, allow_jumps, notes)
+            check_frequencies(long, where, notes)
+            out = validate_long(long.drop(columns="_row"), where)
+        except DataError as e:
+            raise _Unsure(str(e)) from None
+        if notes:
+            raise _Unsure("; ".join(notes))
+        asset = out["asset"].to_numpy(dtype=object)
+        ns = out["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+        close = out["close"].to_numpy()
+        codes, uniq = pd.factorize(asset)
+        step = np.diff(ns)
+        same = np.diff(codes) == 0
+        per = pd.Series(step[same]).groupby(codes[1:][same]).agg(["min", "max"]) if same.any() else pd.DataFrame(columns=["min", "max"])
+        if (per["min"] != per["max"]).any():
+            raise _Unsure("bar lengths differ inside an asset")
+        piece_bar = dict(zip(uniq[per.index.to_numpy(dtype=int)], per["min"].to_numpy(dtype=np.int64)))
+        if last is not None:   # the boundary: the first row against the last row passed on
+            a0 = asset[0]
+            if a0 == last[0]:
+                gap = int(ns[0]) - last[1]
+                if gap <= 0 or bars.get((src, a0), gap) != gap or piece_bar.get(a0, gap) != gap:
+                    raise _Unsure(f"{a0}: a step across pieces that the whole-file checks must judge")
+                piece_bar.setdefault(a0, gap)
+                if not allow_jumps and not (1 / MAX_JUMP <= close[0] / last[2] <= MAX_JUMP):
+                    raise _Unsure(f"{a0}: a jump across pieces")
+            elif not str(a0) > str(last[0]):
+                raise _Unsure("assets not in order across pieces")
+        for a in uniq:
+            if (src, a) in seen and a != (last[0] if last is not None else None):
+                raise _Unsure(f"{a} in several files of source {src!r}")
+        check = []
+        for a, bar in piece_bar.items():
+            if (src, a) not in bars:
+                bars[(src, a)] = bar
+                if (src, a) in stored:
+                    check.append((a, pd.Timedelta(int(bar), "ns")))
+        carry = None
+        n_last = int((codes == codes[-1]).sum())
+        if n_last == 1 and (src, asset[-1]) not in bars and (src, asset[-1]) in stored and (last is None or last[0] != asset[-1]):
+            carry, long, out = long.iloc[-1:].copy(), long.iloc[:-1], out.iloc[:-1]   # its bar is not known yet: held back
+        if len(out):
+            last = (out["asset"].iloc[-1], int(out["timestamp"].iloc[-1].value), float(out["close"].iloc[-1]))
+            seen.update((src, a) for a in pd.unique(out["asset"]))
+            info.rows += len(out)
+            info.assets.update(pd.unique(out["asset"]))
+            lo, hi = out["timestamp"].iloc[0], out["timestamp"].max()
+            info.first = lo if info.first is None else min(info.first, out["timestamp"].min())
+            info.last = hi if info.last is None else max(info.last, hi)
+            yield out, check
+    if carry is not None:   # an asset of one row: no bar to check
+        out = validate_long(carry.drop(columns="_row"), where)
+        seen.add((src, out["asset"].iloc[0]))
+        info.rows += 1
+        info.assets.add(out["asset"].iloc[0])
+        info.first = out["timestamp"].iloc[0] if info.first is None else min(info.first, out["timestamp"].iloc[0])
+        info.last = out["timestamp"].iloc[0] if info.last is None else max(info.last, out["timestamp"].iloc[0])
+        yield out, []
+
+def _stream_import(store, paths, plans, source, allow_jumps, piece_bytes) -> ImportResult:
+    "The streamed import of `import_prices` (SQLite): one transaction; `_Unsure` rolls it back."
+    from .store import _prefetched, _upsert_prices, to_iso, utc_now
+    from .store import WriteResult
+    cov = store.price_coverage()
+    stored = set(zip(cov["source"], cov["asset"]))
+    cov = cov.set_index(["source", "asset"])
+    now, state, files = utc_now(), {}, []
+    totals: dict = {}
+    with store._transaction() as conn:
+        conn.execute("PRAGMA cache_size = -32768")
+        for path, plan in zip(paths, plans):
+            default = "binance" if plan[2] == "binance" else f"file:{path.name}"   # as import_file names it
+            src = source or default
+            info = StreamedFile(path, plan[2], default)
+            files.append(info)
+            tot = totals.setdefault(src, dict(inserted=0, updated=0, unchanged=0, assets=set(), start=None, end=None))
+            for piece, check in _prefetched(_stream_pieces(path, plan, src, allow_jumps, piece_bytes, stored, state, info), depth=2):
+                if check:
+                    try:
+                        _check_bars(store, cov, src, check)
+                    except DataError as e:
+                        raise _Unsure(str(e)) from None
+                assets = sorted(pd.unique(piece["asset"]))
+                conn.executemany("INSERT INTO assets (asset, updated_at) VALUES (?, ?) ON CONFLICT (asset) DO NOTHING",
+                                 [(a, now) for a in assets])
+                r = _upsert_prices(conn, piece, src, now)
+                tot["inserted"] += r.inserted; tot["updated"] += r.updated; tot["unchanged"] += r.unchanged
+                tot["assets"].update(assets)
+                lo, hi = piece["timestamp"].min(), piece["timestamp"].max()
+                tot["start"] = lo if tot["start"] is None else min(tot["start"], lo)
+                tot["end"] = hi if tot["end"] is None else max(tot["end"], hi)
+        results = {}
+        for src, t in totals.items():
+            res = WriteResult(t["inserted"], t["updated"], t["unchanged"])
+            if res.changed:
+                store._event(conn, "prices", dict(source=src, assets=sorted(t["assets"]), start=to_iso(t["start"]),
+                                                  end=to_iso(t["end"]), inserted=res.inserted, updated=res.updated))
+            results[src] = res
+    return ImportResult(files, [], results, True)
+
+def why_not_streamed(paths, asset: str | None = None, piece_bytes: int = PIECE_BYTES) -> str:
+    "Why `import_prices` would not stream these files into a SQLite store (`\"\"`: it would try)."
+    paths = expand_paths(paths)
+    return next((f"{p}: {w}" for p in paths if isinstance(w := _stream_plan(p, asset, piece_bytes), str)), "")
+
+def import_prices(store, paths, asset: str | None = None, source: str | None = None, allow_jumps: bool = False,
+                  piece_bytes: int = PIECE_BYTES, prepared=None) -> ImportResult:
+    """Import price files (paths or globs) into `store` in one transaction: what `portopt import` does.
+
+    A plain long CSV (`asset` column, a header, sorted by asset and time, one bar per asset) larger than
+    `piece_bytes` is streamed into a `SQLiteStore`: read ~`piece_bytes` at a time by a helper thread (pyarrow), each
+    piece checked as `import_file` checks a whole file plus across its boundaries (key order, bar, ×1000 jump,
+    the store's bars: `check_stored_bars`), and written while the next piece is read; no whole-file frame is held.
+    Anything else (other layouts, gz, parquet, unsorted rows, duplicates, gaps, any refusal, other stores) goes
+    through `import_files` + `check_stored_bars` + `write_prices_many`; a streamed import that meets such a case
+    rolls back and does the same, so results and refusal messages are those of the whole-file path. `prepared`:
+    what `import_files(paths, asset, source, allow_jumps)` returned, read before the store was opened (then nothing is
+    streamed). Raises `DataError` (one line) for a refused file; the store is then unchanged."""
+    from .store import SQLiteStore
+    paths = expand_paths(paths)
+    why = "not a SQLite store" if prepared is None else "read whole before the store was opened"
+    if isinstance(store, SQLiteStore) and prepared is None:
+        plans = [_stream_plan(p, asset, piece_bytes) for p in paths]
+        why = next((f"{p}: {w}" for p, w in zip(paths, plans) if isinstance(w, str)), "")
+        if not why:
+            try:
+                return _stream_import(store, paths, plans, source, allow_jumps, piece_bytes)
+            except _Unsure as e:
+                why = f"streaming stopped ({' '.join(str(e).split())[:200]})"
+    files, batches, notes = prepared or import_files(paths, asset, source, allow_jumps)
+    check_stored_bars(store, batches)   # a series keeps its frequency: a daily file never lands among hourly bars
+    results = store.write_prices_many([(frame, src) for src, frame in batches.items()])
+    return ImportResult(files, notes, dict(zip(batches, results)), False, why)
+
