@@ -451,7 +451,8 @@ TEMPLATE = "portopt"
 
 def template_dir() -> Path:
     "The project's Voila template folder, `<project>/share/jupyter/voila/templates/portopt`; FileNotFoundError when absent."
-    d = Path(__file__).resolve().parent.parent / "share" / "jupyter" / "voila" / "templates" / TEMPLATE
+    import portopt   # the package's folder, also when this runs as a notebook cell (no __file__ there)
+    d = Path(portopt.__file__).resolve().parent.parent / "share" / "jupyter" / "voila" / "templates" / TEMPLATE
     if not (d / "index.html.j2").is_file():
         raise FileNotFoundError(f"Voila template {TEMPLATE!r} not found at {d}: serve the dashboards from a checkout of the project (make dashboard)")
     return d
