@@ -376,7 +376,7 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
             typer.echo(f"excluded in {k}: " + "; ".join(f"{a} {w}" for a, w in ex.items()))
 
 # %% ../nbs/90_cli.ipynb #3b41483d
-from .data import LAYOUTS, check_stored_bars, frequency_label, import_files, import_prices, why_not_streamed
+from .data import LAYOUTS, frequency_label, import_files, import_prices, why_not_streamed
 
 @app.command("import")
 def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, CSV.gz or Parquet) or globs such as 'klines/*.csv'.")],

@@ -767,17 +767,26 @@ class StreamedFile:
     last: pd.Timestamp | None = None
     notes: list = field(default_factory=list)
 
+    def add(self, long: pd.DataFrame) -> None:
+        "Count a checked long piece of this file."
+        if len(long):
+            lo, hi = long["timestamp"].min(), long["timestamp"].max()
+            self.rows += len(long)
+            self.assets.update(pd.unique(long["asset"]))
+            self.first = lo if self.first is None else min(self.first, lo)
+            self.last = hi if self.last is None else max(self.last, hi)
+
     def describe(self, source: str | None = None) -> str:
+        "The CLI's line for this file: layout, prices, assets (8 at most), time span and source."
         names = sorted(self.assets)
         return (f"{self.path}: {self.layout} layout, {self.rows} prices of {len(names)} asset(s) "
                 f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}; "
                 f"{self.first:%Y-%m-%d} to {self.last:%Y-%m-%d}); source {source or self.source!r}")
 
 def _describe_file(self, source: str | None = None) -> str:
-    fr = self.frame
-    return (f"{self.path}: {self.layout} layout, {len(fr)} prices of {fr['asset'].nunique()} asset(s) "
-            f"({', '.join(sorted(fr['asset'].unique())[:8])}{', ...' if fr['asset'].nunique() > 8 else ''}; "
-            f"{fr['timestamp'].min():%Y-%m-%d} to {fr['timestamp'].max():%Y-%m-%d}); source {source or self.source!r}")
+    info = StreamedFile(self.path, self.layout, self.source)
+    info.add(self.frame)
+    return info.describe(source)
 PriceFile.describe = _describe_file
 
 @dataclass
@@ -898,19 +907,12 @@ def _stream_pieces(path: Path, plan, src: str, allow_jumps: bool, piece_bytes: i
         if len(out):
             last = (out["asset"].iloc[-1], int(out["timestamp"].iloc[-1].value), float(out["close"].iloc[-1]))
             seen.update((src, a) for a in pd.unique(out["asset"]))
-            info.rows += len(out)
-            info.assets.update(pd.unique(out["asset"]))
-            lo, hi = out["timestamp"].iloc[0], out["timestamp"].max()
-            info.first = lo if info.first is None else min(info.first, out["timestamp"].min())
-            info.last = hi if info.last is None else max(info.last, hi)
+            info.add(out)
             yield out, check
     if carry is not None:   # an asset of one row: no bar to check
         out = validate_long(carry.drop(columns="_row"), where)
         seen.add((src, out["asset"].iloc[0]))
-        info.rows += 1
-        info.assets.add(out["asset"].iloc[0])
-        info.first = out["timestamp"].iloc[0] if info.first is None else min(info.first, out["timestamp"].iloc[0])
-        info.last = out["timestamp"].iloc[0] if info.last is None else max(info.last, out["timestamp"].iloc[0])
+        info.add(out)
         yield out, []
 
 def _stream_import(store, paths, plans, source, allow_jumps, piece_bytes) -> ImportResult:

@@ -330,8 +330,8 @@ class Listener:
         (a claimed unit's, a `Claim`) or a new one. Returns its id; the row ends `succeeded`, or `failed` and the error is
         raised. A claimed run is marked only while this listener still holds the claim: else `ClaimLost` is raised, the
         row is left to the listener that took it over, and (directly) this attempt's results roll back with it."""
-        params = {"portfolio": portfolio, "as_of": as_of}
-        claim = getattr(run_id, "token", None)   # the webhook is a secret: by environment, never a parameter
+        params = {"portfolio": portfolio, "as_of": as_of}   # the webhook is a secret: by environment, never a parameter
+        claim = getattr(run_id, "token", None)
         if self.papermill:
             from portopt.reports import run_report
             try:
