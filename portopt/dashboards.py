@@ -22,13 +22,15 @@ __all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'LIVE_CHART
 
 # %% ../nbs/51_dashboards.ipynb #ad8d925c
 def open_for_reading(store_path=None) -> Store:
-    """The configured store (as `open_store`), for an app that only reads. A SQLite file that does not exist is
-    not created: an empty in-memory store stands for it, so the app shows its empty state."""
+    """The configured store (as `open_store`), for an app that only reads. A SQLite file is opened read-only
+    (`SQLiteStore(read_only=True)`: a write fails, an older schema is not migrated but named with the command that
+    migrates it); one that does not exist is not created: an empty in-memory store stands for it, so the app shows
+    its empty state."""
     target = None if store_path is None else str(store_path)
     if (target or "").startswith(("http://", "https://")) or (target is None and os.environ.get("SUPABASE_URL")):
         return open_store(store_path)
     path = Path(target) if target else get_settings().store_path
-    return open_store(path) if path.exists() else SQLiteStore(":memory:")
+    return SQLiteStore(path, read_only=True) if path.exists() else SQLiteStore(":memory:")
 
 # %% ../nbs/51_dashboards.ipynb #a5c5132a
 VOILA_ENV = ("VOILA_SERVER_URL", "VOILA_BASE_URL", "VOILA_REQUEST_URL")

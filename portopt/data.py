@@ -179,7 +179,7 @@ LAYOUTS = {
     "binance": "Binance kline CSV (the 12 columns of data.binance.vision, with or without header; open_time in ms or µs)",
     "bybit": "Bybit v5 kline (start|timestamp|ts in ms, open, high, low, close, volume, turnover; an extra date column is ignored)",
     "ccxt": "ccxt fetch_ohlcv output (timestamp in ms, open, high, low, close, volume; with or without header)",
-    "kraken": "Kraken OHLCVT CSV (time in epoch s, open, high, low, close, volume, trades; no header)",
+    "kraken": "Kraken OHLCVT CSV (time in epoch s, open, high, low, close, volume, trades; no header, or that header)",
     "yahoo": "Yahoo Finance CSV (Date, Open, High, Low, Close, Adj Close, Volume: Adj Close is the close), yfinance's 3-line header too",
 }
 _EPOCH_UNITS = ((1e8, 1e11, "s"), (1e11, 1e14, "ms"), (1e14, 1e17, "us"), (1e17, 1e20, "ns"))
@@ -364,6 +364,8 @@ def detect_layout(columns, headerless: int | None = None) -> str:
         return "bybit"
     if cols[:6] == ["timestamp", "open", "high", "low", "close", "volume"]:
         return "ccxt"  # the DataFrame every ccxt example builds from fetch_ohlcv
+    if cols == ["time", "open", "high", "low", "close", "volume", "trades"]:
+        return "kraken"  # Kraken's OHLCVT columns with a header line added (shared dumps often carry one)
     if "close" in s or "price" in s:
         return "one-asset"
     if len(cols) >= 2 and not any(c in _ASSET for c in cols):

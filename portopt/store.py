@@ -652,14 +652,30 @@ def _upsert_prices(conn: sqlite3.Connection, long: pd.DataFrame, source: str, no
 class SQLiteStore(Store):
     """The embedded store: one SQLite file in WAL mode.
 
-    `path`: the file (default: `get_settings().store_path`); its folder is created. Raises
-    `StoreError` when the file is not a SQLite database or its schema is newer than this code."""
+    `path`: the file (default: `get_settings().store_path`); its folder is created. `read_only`: open an existing
+    file for reading only (SQLite's `mode=ro`: every write fails, nothing is migrated), as a dashboard does. Raises
+    `StoreError` when the file is not a SQLite database or its schema is newer than this code, and, read-only, when
+    the file is missing or its schema is older (the message names the command that migrates it)."""
 
-    def __init__(self, path=None, timeout: float | None = None):
+    def __init__(self, path=None, timeout: float | None = None, read_only: bool = False):
         self.path = Path(path) if path is not None else get_settings().store_path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if read_only and not self.path.is_file():
+            raise StoreError(f"{self.path}: no such store; `make run` or `portopt import` creates it")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = get_limits().lock_timeout if timeout is None else timeout   # PORTOPT_LOCK_TIMEOUT
         try:
+            if read_only:
+                self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.timeout,
+                                            isolation_level=None, check_same_thread=False)
+                self.conn.execute("PRAGMA foreign_keys=ON")
+                if self.schema_version < SCHEMA_VERSION:
+                    raise StoreError(f"{self.path}: schema version {self.schema_version} is older than this portopt's "
+                                     f"{SCHEMA_VERSION}, and a read-only page never migrates it: run `portopt data` once "
+                                     "(it migrates the store), then reload")
+                self.migrate()  # newer than this code: refused
+                return
             self.conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")

@@ -58,6 +58,15 @@ def test_kraken_gaps_are_kept_and_said():
     assert "BTC: 12 missing 1 day bar(s) inside its span (kept as gaps, nothing filled)" in f.notes
 
 
+def test_kraken_files_with_the_header_line_shared_dumps_add_are_kraken_too(tmp_path):
+    "Kraken's OHLCVT columns with a `time,open,…,trades` header (as shared dumps carry it) are the kraken layout and source."
+    with_header = tmp_path / "XBTUSD_1440.csv"
+    with_header.write_text("time,open,high,low,close,volume,trades\n" + KRAKEN.read_text())
+    f, plain = import_file(with_header), import_file(KRAKEN)
+    assert (f.layout, f.source, sorted(f.frame["asset"].unique())) == ("kraken", "kraken", ["BTC"])
+    assert f.frame.drop(columns="_row").equals(plain.frame.drop(columns="_row"))
+
+
 def test_headerless_binance_dumps_in_ms_and_us_import_together(cli, store_path, tmp_path):
     "data.binance.vision files have no header, and from 2025 their times are in µs: the two kinds import in one call."
     lines = BINANCE_1H.read_text().splitlines()[1:]

@@ -363,3 +363,24 @@ def test_a_version_5_store_with_units_is_migrated_to_claim_tokens(store_path):
         st.finish_run(c, "succeeded", claim=c.token)
         assert st.read_units().set_index("unit").loc["u1", "status"] == "succeeded"
         assert st.claim_unit("u2", "rebalance", {}) is None
+
+
+def test_a_dashboards_store_is_read_only_and_an_older_one_is_not_migrated(tmp_path):
+    "Issue 13: an app opens the SQLite store read-only; a write fails, and an older schema is named, not migrated."
+    from conftest import dump
+    from portopt.dashboards import open_for_reading
+    path = tmp_path / "s.sqlite"
+    with SQLiteStore(path) as st:
+        st.upsert_portfolio("fund", settings={"assets": ["BTC"]})
+    before = dump(path)
+    with open_for_reading(path) as st:
+        assert st.read_portfolios()["portfolio"].tolist() == ["fund"]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            st.upsert_portfolio("other")
+    assert dump(path) == before
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    with pytest.raises(StoreError, match=r"older than this portopt.*never migrates it: run `portopt data`"):
+        open_for_reading(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION - 1  # left as it was
