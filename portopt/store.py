@@ -1159,7 +1159,7 @@ def read_prices_from(store, assets=None, source=None, **kw) -> pd.DataFrame:
     wide.attrs["sources"] = {a: " > ".join(used[a]) for a in wide.columns}
     return wide
 
-# %% ../nbs/03_store.ipynb #457f53cc
+# %% ../nbs/03_store.ipynb #b078f5be
 _DEFERRED = ("write_optimization", "write_reallocation", "write_alert", "write_holdings")
 
 class PendingWrites:
