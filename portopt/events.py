@@ -22,7 +22,7 @@ from .config import ConfigError, DataError, PortoptError, StoreError, get_settin
 from .optimize import STRATEGIES, estimation_window, optimize
 from .portfolio import PortfolioSettings, portfolio_settings_from
 from .reallocate import ReallocationSettings, read_recent_prices, reallocate_portfolio
-from .store import ClaimLost, Store, read_prices_from, to_iso
+from .store import ClaimLost, PendingWrites, Store, read_prices_from, to_iso
 
 log = logging.getLogger("portopt.events")
 
@@ -328,16 +328,19 @@ class Listener:
     def rebalance_portfolio(self, portfolio: str, as_of=None, run_id: str | None = None) -> str:
         """Rebalance one portfolio, through papermill or directly; either way a row in `runs` (trigger `event`): `run_id`
         (a claimed unit's, a `Claim`) or a new one. Returns its id; the row ends `succeeded`, or `failed` and the error is
-        raised. A claimed run is marked only while this listener still holds the claim: else `ClaimLost` is raised, the
-        row is left to the listener that took it over, and (directly) this attempt's results roll back with it."""
+        raised. Either way the results are computed against `PendingWrites` and written with the run's `succeeded` in one
+        transaction (`Store.complete_run`; through papermill the notebook hands them back in `results.json`): both or
+        neither. A claimed run is marked only while this listener still holds the claim: else `ClaimLost` is raised, the
+        row is left to the listener that took it over, and this attempt's results are discarded. New alerts are POSTed
+        to the webhook once committed."""
         params = {"portfolio": portfolio, "as_of": as_of}   # the webhook is a secret: by environment, never a parameter
         claim = getattr(run_id, "token", None)
         if self.papermill:
             from portopt.reports import run_report
             try:
                 km = None if self.kernel is None else self.kernel.ready()
-                return run_report("rebalance", params, store=self.store, trigger="event", reports_dir=self.reports_dir,
-                                  runs_dir=self.runs_dir, kernel_manager=km, run_id=run_id, claim=claim).run_id
+                done = run_report("rebalance", params, store=self.store, trigger="event", reports_dir=self.reports_dir,
+                                  runs_dir=self.runs_dir, kernel_manager=km, run_id=run_id, claim=claim, hand_back=True)
             except Exception as e:  # e.g. the kernel would not start: the claimed row ends failed, so a retry can claim it
                 if run_id is not None and not isinstance(e, ClaimLost):
                     try:
@@ -345,11 +348,13 @@ class Listener:
                     except Exception:
                         pass
                 raise
+            self._post_alerts(done.alerts)
+            return done.run_id
         run_id = run_id or self.store.start_run("rebalance", params, trigger="event")
-        try:  # the results and the run's `succeeded` commit together (SQLite: one transaction; see `Store.atomic`)
-            with self.store.atomic():
-                result = rebalance(self.store, portfolio, as_of=as_of, run_id=str(run_id), webhook=False)
-                self.store.finish_run(run_id, "succeeded", claim=claim)  # ClaimLost here rolls the results back
+        pending = PendingWrites(self.store)
+        try:  # the results and the run's `succeeded` commit together, or neither (ClaimLost: nothing is written)
+            rebalance(pending, portfolio, as_of=as_of, run_id=str(run_id), webhook=False)
+            alerts = self.store.complete_run(run_id, pending.writes, claim=claim)
         except Exception as e:
             if isinstance(e, ClaimLost):
                 raise
@@ -358,15 +363,20 @@ class Listener:
             except Exception:  # the store is away: the row stays running and its lease expires
                 pass
             raise
-        webhook = self.webhook or os.environ.get("PORTOPT_WEBHOOK")
-        if webhook and result.alerts:  # posted once committed: a rolled-back alert is never posted
-            new = self.store.read_alerts()
-            for _, a in new[new["id"].isin(result.alerts)].iterrows():
-                try:
-                    post_webhook(webhook, {"kind": a["kind"], "message": a["message"], "portfolio": a["portfolio"]})
-                except StoreError as e:
-                    log.warning("alert %s stored, not posted: %s", a["id"], e)
+        self._post_alerts(alerts)
         return run_id
+
+    def _post_alerts(self, ids) -> None:
+        "POST the committed alerts `ids` to the webhook (a rolled-back alert is never posted); a refusal is logged, the alert stays stored."
+        webhook = self.webhook or os.environ.get("PORTOPT_WEBHOOK")
+        if not (webhook and ids):
+            return
+        new = self.store.read_alerts()
+        for _, a in new[new["id"].isin(list(ids))].iterrows():
+            try:
+                post_webhook(webhook, {"kind": a["kind"], "message": a["message"], "portfolio": a["portfolio"]})
+            except StoreError as e:
+                log.warning("alert %s stored, not posted: %s", a["id"], e)
 
     def run_unit(self, event_id: int, topic: str | None, portfolio: str, as_of=None, retry_failed: bool = False,
                  budget_spent: bool = False, name: str | None = None, unit: str | None = None) -> Unit:

@@ -5,6 +5,7 @@
 # %% ../nbs/50_reports.ipynb #86fba2ab
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,11 +20,13 @@ __all__ = ['ReportRun', 'kernel_arguments', 'report_names', 'export_html', 'run_
 # %% ../nbs/50_reports.ipynb #6e10c2dd
 @dataclass(frozen=True)
 class ReportRun:
-    "A finished report run: its id in the store's `runs` table, its folder, executed notebook and HTML."
+    """A finished report run: its id in the store's `runs` table, its folder, executed notebook and HTML; `alerts`: the
+    ids of the alerts a handed-back run wrote (see `run_report`'s `hand_back`)."""
     run_id: str
     folder: Path
     notebook: Path
     html: Path
+    alerts: tuple = ()
 
 def kernel_arguments() -> list[str]:
     """Arguments for the kernels portopt starts (papermill's and the listener's kept kernel): ipykernel 7 logs a
@@ -70,13 +73,16 @@ def _no_secrets(params: dict) -> None:
 def run_report(name: str = "portfolio", parameters: dict | None = None, *, store: Store | None = None,
                trigger: str = "manual", reports_dir: Path | None = None, runs_dir: Path | None = None,
                kernel_name: str = "python3", progress: bool = False, kernel_manager=None,
-               run_id: str | None = None, claim: str | None = None) -> ReportRun:
+               run_id: str | None = None, claim: str | None = None, hand_back: bool | None = None) -> ReportRun:
     """Execute `reports/<name>.ipynb` with `parameters` (papermill) and export it to HTML.
 
     `store`: where the run is recorded and the report reads (default: `open_store()`). `kernel_manager`: a
     running jupyter_client kernel manager to execute in (the listener's warm kernel); default: a new kernel. `run_id`:
     a `runs` row already claimed for this run (the listener's unit of work); default: a new row. `claim`: that claim's
-    token (`Claim.token`): the run is marked only while it still holds it, else `ClaimLost` (see `Store.finish_run`). Raises
+    token (`Claim.token`): the run is marked only while it still holds it, else `ClaimLost` (see `Store.finish_run`).
+    `hand_back`: the notebook computes its results without storing them (`PendingWrites`) and hands them back in
+    `results.json` in its folder; they are written with the run's `succeeded` in one transaction (`Store.complete_run`),
+    or not at all. Default: when the notebook has a `hand_back` parameter (`rebalance`). Raises
     `ConfigError` for an unknown report and `ReportError` when a cell fails; either way a failed run
     is recorded with its error, and the partial notebook and HTML stay in the run's folder."""
     import papermill as pm
@@ -89,7 +95,10 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
     store = store or open_store()
     try:
         folder = _run_folder(Path(runs_dir or settings.runs_dir), name)
-        params = dict({"recompute": True}, **(parameters or {}), store_path=str(store.path), output_dir=str(folder))
+        if hand_back is None:
+            hand_back = "hand_back" in pm.inspect_notebook(str(source))
+        params = dict({"recompute": True}, **(parameters or {}), store_path=str(store.path), output_dir=str(folder),
+                      **({"hand_back": True} if hand_back else {}))
         _no_secrets(params)
         run_id = run_id or store.start_run(name, params, trigger)
         out, html = folder / f"{name}.ipynb", folder / f"{name}.html"
@@ -110,8 +119,24 @@ def run_report(name: str = "portfolio", parameters: dict | None = None, *, store
             raise ReportError(f"report {name} failed{where}: {error.splitlines()[0][:300]}; partial output in {folder}") from e
         export_html(out, html)
         _private(folder)
-        store.finish_run(run_id, "succeeded", output_path=str(folder), claim=claim)
-        return ReportRun(run_id, folder, out, html)
+        if not hand_back:
+            store.finish_run(run_id, "succeeded", output_path=str(folder), claim=claim)
+            return ReportRun(run_id, folder, out, html)
+        try:  # the results the notebook handed back, with the run's close: both or neither
+            handed = folder / "results.json"
+            if not handed.is_file():
+                raise ReportError(f"report {name} handed back no results ({handed.name} missing); does it use PendingWrites?")
+            alerts = store.complete_run(run_id, json.loads(handed.read_text()), output_path=str(folder), claim=claim)
+        except ClaimLost:  # another listener holds the unit now: nothing was written
+            raise
+        except Exception as e:
+            error = redact(f"{type(e).__name__}: {e}")
+            try:
+                store.finish_run(run_id, "failed", output_path=str(folder), error=error[:4000], claim=claim)
+            except ClaimLost:
+                pass
+            raise ReportError(f"report {name}: its results were not stored ({error.splitlines()[0][:300]})") from e
+        return ReportRun(run_id, folder, out, html, tuple(alerts))
     finally:
         if own:
             store.close()

@@ -23,9 +23,10 @@ from .portfolio import portfolio_settings_from
 from .data import dataset_info, load_dataset
 
 # %% auto #0
-__all__ = ['SCHEMA_V1', 'MIGRATIONS', 'SCHEMA_VERSION', 'TABLES', 'utc_now', 'to_iso', 'content_id', 'to_json', 'WriteResult',
-           'ClaimLost', 'Claim', 'Store', 'validate_metrics', 'validate_units', 'SQLiteStore', 'open_store',
-           'ensure_dataset', 'source_names', 'read_prices_from']
+__all__ = ['SCHEMA_V1', 'MIGRATIONS', 'SCHEMA_VERSION', 'TABLES', 'utc_now', 'to_iso', 'content_id', 'optimization_id',
+           'reallocation_id', 'to_json', 'WriteResult', 'ClaimLost', 'Claim', 'Store', 'validate_metrics',
+           'validate_units', 'SQLiteStore', 'open_store', 'ensure_dataset', 'source_names', 'read_prices_from',
+           'PendingWrites', 'apply_writes']
 
 # %% ../nbs/03_store.ipynb #c7611468
 SCHEMA_V1 = """
@@ -191,6 +192,14 @@ def to_iso(t) -> str:
 def content_id(*parts) -> str:
     "A stable id for a record: the SHA-256 (first 24 hex digits) of its parts as canonical JSON."
     return hashlib.sha256(to_json(parts).encode()).hexdigest()[:24]
+
+def optimization_id(portfolio_id: str | None, strategy: str, params: dict, as_of, assets) -> str:
+    "An optimization's id in every store: its portfolio's id, strategy, parameters, `as_of` (ISO text or `None`) and sorted assets."
+    return content_id("optimization", portfolio_id, strategy, params, None if as_of is None else to_iso(as_of), sorted(assets))
+
+def reallocation_id(portfolio_id: str, as_of, plan: dict) -> str:
+    "A reallocation decision's id in every store: its portfolio's id, `as_of` and plan."
+    return content_id("reallocation", portfolio_id, to_iso(as_of), plan)
 
 def _backtest_id(strategy: str, config: dict, portfolio_id: str | None = None) -> str:
     "A backtest's id: `content_id(\"backtest\", strategy, config)`, and the portfolio's id when it belongs to one."
@@ -439,6 +448,17 @@ class Store(ABC):
         inside it join it); a store that cannot (Supabase: one request, one transaction) commits each write on its own."""
         import contextlib
         return contextlib.nullcontext(self)
+
+    def complete_run(self, run_id: str, writes: list, output_path: str | None = None, claim: str | None = None) -> list[int]:
+        """Write a unit's results (`PendingWrites.writes`: optimizations, reallocations, alerts, holdings, in order) and
+        mark its run `succeeded`, in one transaction: both or neither. `claim`: as `finish_run` (`ClaimLost`, and nothing is
+        written, when another listener holds the unit now). Returns the ids of the alerts written, in order. This default
+        runs `apply_writes` and `finish_run` inside `atomic` (`SQLiteStore`: one transaction); `SupabaseStore` sends them
+        as one call (`complete_unit`, one PostgreSQL transaction)."""
+        with self.atomic():
+            ids = apply_writes(self, writes)
+            self.finish_run(run_id, "succeeded", output_path=output_path, claim=claim)
+        return ids
 
     def has_prices(self, source: str) -> bool:
         "Whether any price of `source` is stored."
@@ -827,7 +847,7 @@ class SQLiteStore(Store):
         as_of = None if as_of is None else to_iso(as_of)
         with self._transaction() as conn:
             pid = self._pid(conn, portfolio)
-            oid = content_id("optimization", pid, strategy, params, as_of, sorted(weights.index))
+            oid = optimization_id(pid, strategy, params, as_of, weights.index)
             conn.execute("""INSERT INTO optimizations (id, portfolio_id, strategy, params, as_of, weights, metrics, run_id, created_at)
                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                             ON CONFLICT (id) DO UPDATE SET weights = excluded.weights, metrics = excluded.metrics,
@@ -1011,7 +1031,7 @@ class SQLiteStore(Store):
         at = to_iso(as_of)
         with self._transaction() as conn:
             pid = self._pid(conn, portfolio)
-            rid = content_id("reallocation", pid, at, plan)
+            rid = reallocation_id(pid, at, plan)
             conn.execute("""INSERT INTO reallocations (id, portfolio_id, as_of, status, plan, created_at) VALUES (?, ?, ?, ?, ?, ?)
                             ON CONFLICT (id) DO UPDATE SET status = excluded.status WHERE reallocations.status IS NOT excluded.status""",
                          (rid, pid, at, status, to_json(plan), utc_now()))
@@ -1154,3 +1174,108 @@ def read_prices_from(store, assets=None, source=None, **kw) -> pd.DataFrame:
         wide = wide.reindex(columns=[a for a in assets if a in wide.columns])
     wide.attrs["sources"] = {a: " > ".join(used[a]) for a in wide.columns}
     return wide
+
+# %% ../nbs/03_store.ipynb #b078f5be
+_DEFERRED = ("write_optimization", "write_reallocation", "write_alert", "write_holdings")
+
+class PendingWrites:
+    """A unit's result writes, held in memory until its run closes (`Store.complete_run`).
+
+    Stands in for `store` where a unit computes its results (`portopt.events.rebalance`): the four result writes
+    (`write_optimization`, `write_reallocation`, `write_alert`, `write_holdings`) are recorded in `writes`, in order,
+    as JSON-ready dicts (`to_json()` for a report notebook's hand-back file), and answer with the ids the store will
+    give: content ids (`optimization_id`, `reallocation_id`), and -1, -2, … for alerts, whose real ids `complete_run`
+    returns in the same order. Reads go to `store`; `read_alerts` and `read_holdings` also see the pending rows, as a
+    transaction sees its own writes. Any other write raises `StoreError`: it could not commit with the run's close."""
+
+    def __init__(self, store: Store):
+        self.store, self.writes = store, []
+
+    def __getattr__(self, name):
+        if name.startswith(("write_", "upsert_", "delete_", "resolve_", "start_run", "finish_run", "claim_", "mark_", "complete_")):
+            raise StoreError(f"{name} does not wait for the run's close (only {', '.join(_DEFERRED)} do); "
+                             "do it before the unit starts, on the store itself")
+        return getattr(self.store, name)
+
+    def atomic(self):
+        import contextlib
+        return contextlib.nullcontext(self)
+
+    def to_json(self) -> str:
+        "The pending writes as JSON text (a list of objects), as `complete_run` takes them back."
+        return to_json(self.writes)
+
+    def write_optimization(self, strategy, params, weights, metrics, as_of=None, portfolio=None, run_id=None):
+        pid = self.store.portfolio_id(portfolio)
+        oid = optimization_id(pid, strategy, params, as_of, weights.index)
+        self.writes.append(dict(write="optimization", id=oid, portfolio_id=pid, strategy=strategy, params=params,
+                                weights={str(k): float(v) for k, v in weights.items()}, metrics=metrics,
+                                as_of=None if as_of is None else to_iso(as_of), run_id=run_id))
+        return oid
+
+    def write_reallocation(self, portfolio, as_of, status, plan):
+        pid = self.store.portfolio_id(portfolio)
+        rid = reallocation_id(pid, as_of, plan)
+        self.writes.append(dict(write="reallocation", id=rid, portfolio_id=pid, as_of=to_iso(as_of), status=status, plan=plan))
+        return rid
+
+    def write_alert(self, kind, message, portfolio=None):
+        n = -1 - sum(w["write"] == "alert" for w in self.writes)
+        self.writes.append(dict(write="alert", id=n, portfolio_id=self.store.portfolio_id(portfolio), kind=kind,
+                                message=message, created_at=utc_now()))
+        return n
+
+    def write_holdings(self, portfolio, units, ts, source="manual"):
+        "Record a holdings snapshot (validated now); returns `None`: what it changes is known when it is written."
+        u = validate_units(units, f"holdings of {portfolio}")
+        self.writes.append(dict(write="holdings", portfolio_id=self.store.portfolio_id(portfolio), ts=to_iso(ts),
+                                units={str(a): float(v) for a, v in u.items()}, source=source))
+
+    def read_alerts(self, open_only=True):
+        out = self.store.read_alerts(open_only)
+        mine = pd.DataFrame([dict(id=w["id"], kind=w["kind"], message=w["message"], created_at=w["created_at"],
+                                  resolved_at=None, portfolio_id=w["portfolio_id"]) for w in self.writes if w["write"] == "alert"])
+        if mine.empty:
+            return out
+        return mine.reindex(columns=out.columns) if out.empty else pd.concat([mine, out], ignore_index=True)
+
+    def read_holdings(self, portfolio, as_of=None):
+        held = self.store.read_holdings(portfolio, as_of=as_of)
+        pid, cut = self.store.portfolio_id(portfolio, missing_ok=True), None if as_of is None else to_utc(as_of)
+        mine = [w for w in self.writes if w["write"] == "holdings" and w["portfolio_id"] == pid
+                and (cut is None or to_utc(w["ts"]) <= cut)]
+        if not mine:
+            return held
+        w = max(mine, key=lambda w: to_utc(w["ts"]))
+        at, before = to_utc(w["ts"]), held.attrs.get("as_of")
+        if before is not None and before > at:
+            return held
+        out = pd.Series({**(held.to_dict() if before == at else {}), **w["units"]}, dtype=float, name="units").sort_index()
+        out.attrs["as_of"] = at
+        return out
+
+def apply_writes(store: Store, writes: list) -> list[int]:
+    """Write `PendingWrites.writes` (or their JSON, decoded) to `store` in order, each with the store's own write;
+    returns the ids of the alerts written. Raises `StoreError` for an unknown kind of write, or when a result's id
+    differs from the one the unit was given (a plan naming it would point nowhere). Call it inside `store.atomic()`."""
+    ids = []
+    for w in writes:
+        kind = w.get("write") if isinstance(w, dict) else None
+        if kind == "optimization":
+            got = store.write_optimization(w["strategy"], w["params"], pd.Series(w["weights"], dtype=float), w["metrics"],
+                                           as_of=w["as_of"], portfolio=w["portfolio_id"], run_id=w["run_id"])
+        elif kind == "reallocation":
+            got = store.write_reallocation(w["portfolio_id"], w["as_of"], w["status"], w["plan"])
+        elif kind == "alert":
+            ids.append(store.write_alert(w["kind"], w["message"], portfolio=w["portfolio_id"]))
+            continue
+        elif kind == "holdings":
+            store.write_holdings(w["portfolio_id"], pd.Series(w["units"], dtype=float), w["ts"], source=w["source"])
+            continue
+        else:
+            raise StoreError(f"pending write {str(w)[:80]!r} is not an optimization, reallocation, alert or holdings; "
+                             "the unit's results file is damaged: run the unit again")
+        if got != w["id"]:
+            raise StoreError(f"{kind} {w['id']} was stored as {got}: its content changed on the way; run the unit again")
+    return ids
+

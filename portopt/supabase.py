@@ -18,7 +18,8 @@ from postgrest.types import ReturnMethod
 from .clean import LONG_COLUMNS, to_utc, to_wide, validate_long
 from .config import ConfigError, StoreError
 from .portfolio import portfolio_settings_from
-from .store import (Claim, ClaimLost, Store, WriteResult, _backtest_id, content_id, to_iso, to_json, utc_now, validate_metrics, validate_units)
+from .store import (Claim, ClaimLost, Store, WriteResult, _backtest_id, content_id, optimization_id, reallocation_id, to_iso,
+                    to_json, utc_now, validate_metrics, validate_units)
 
 # %% auto #0
 __all__ = ['supabase_settings', 'SupabaseStore', 'migrations_dir', 'apply_migrations']
@@ -199,7 +200,7 @@ class SupabaseStore(Store):
     def write_optimization(self, strategy, params, weights, metrics, as_of=None, portfolio=None, run_id=None):
         as_of = None if as_of is None else to_iso(as_of)
         pid = self._pid(portfolio)
-        oid = content_id("optimization", pid, strategy, params, as_of, sorted(weights.index))
+        oid = optimization_id(pid, strategy, params, as_of, weights.index)
         row = dict(id=oid, portfolio_id=pid, strategy=strategy, params=json.loads(to_json(params)), as_of=as_of,
                    weights={k: float(v) for k, v in weights.items()}, metrics=json.loads(to_json(metrics)),
                    run_id=run_id)
@@ -267,6 +268,21 @@ class SupabaseStore(Store):
                             "this listener's results are discarded")
         if len(rows) != 1:
             raise StoreError(f"no run {run_id!r} in {self.url}")
+
+    def complete_run(self, run_id, writes, output_path=None, claim=None):
+        # one call, one PostgreSQL transaction: the claim is checked, the run marked and the results written, or nothing
+        lost = (f"run {run_id} was taken over by another listener (its lease expired) or finished; "
+                "this listener's results are discarded")
+        try:
+            r = self._exec(self.client.rpc("complete_unit", {"p_run_id": str(run_id), "p_claim": claim,
+                                                             "p_output_path": None if output_path is None else str(output_path),
+                                                             "p_writes": json.loads(to_json(list(writes)))}),
+                           "complete_unit()", {"P0002": f"no run {run_id!r} in {self.url}", "PT409": lost})
+        except StoreError as e:
+            if str(e) == lost:
+                raise ClaimLost(lost) from None
+            raise
+        return [int(i) for i in r]
 
     def read_runs(self, limit=50):
         rows = self._exec(self._table("runs").select("*").order("started_at", desc=True).limit(limit), "runs")
@@ -401,7 +417,7 @@ class SupabaseStore(Store):
     # -- reallocations ----------------------------------------------------------------------
     def write_reallocation(self, portfolio, as_of, status, plan):
         pid = self._pid(portfolio)
-        rid = content_id("reallocation", pid, to_iso(as_of), plan)
+        rid = reallocation_id(pid, as_of, plan)
         self._exec(self._table("reallocations").upsert(dict(id=rid, portfolio_id=pid, as_of=to_iso(as_of), status=status,
                                                             plan=json.loads(to_json(plan))),
                                                        on_conflict="id", returning=ReturnMethod.minimal), "reallocations")

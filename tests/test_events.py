@@ -433,39 +433,62 @@ def test_a_spent_event_budget_fails_the_portfolios_left_and_retry_failed_runs_th
         assert len(rows) == 3 and (rows["status"] == "succeeded").all() and (rows["attempts"] == 2).all()
 
 
-def test_a_units_results_commit_with_its_success_or_not_at_all(tmp_path, monkeypatch):
-    "SQLite: a unit's optimization, reallocation and alerts are written in the transaction that marks its run succeeded."
-    from portopt.config import StoreError
-    from portopt.store import SQLiteStore, ensure_dataset
-    with SQLiteStore(tmp_path / "s.sqlite") as st:
-        ensure_dataset(st)
-        st.mark_events_consumed(st.read_events(pending_only=True)["id"].tolist())
-        st.upsert_portfolio("fund", settings={"assets": ["BTC", "USDC"], "stale_after_hours": 1})  # stale: an alert
-        st.write_holdings("fund", pd.Series({"BTC": 1.0, "USDC": 1000.0}), "2022-09-01")
-        real = st.finish_run
+FAIL_CLOSE = {  # a failure injected inside the store, as the run is marked succeeded (a full disk, a lost connection)
+    "sqlite": ["CREATE TRIGGER fail_close BEFORE UPDATE OF status ON runs WHEN NEW.status = 'succeeded' "
+               "BEGIN SELECT RAISE(ABORT, 'disk full (injected)'); END"],
+    "supabase": ["CREATE FUNCTION public.fail_close() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                 "BEGIN RAISE EXCEPTION 'disk full (injected)'; END $$",
+                 "CREATE TRIGGER fail_close BEFORE UPDATE OF status ON public.runs FOR EACH ROW "
+                 "WHEN (NEW.status = 'succeeded') EXECUTE FUNCTION public.fail_close()"]}
+HEAL = {"sqlite": ["DROP TRIGGER IF EXISTS fail_close"],
+        "supabase": ["DROP TRIGGER IF EXISTS fail_close ON public.runs", "DROP FUNCTION IF EXISTS public.fail_close()"]}
 
-        def broken(run_id, status, **kw):  # the store fails as the run is marked succeeded (a full disk, a lost lock)
-            if status == "succeeded":
-                raise StoreError("disk full (injected)")
-            return real(run_id, status, **kw)
-        monkeypatch.setattr(st, "finish_run", broken)
-        server = HTTPServer(("127.0.0.1", 0), _Hook)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        _Hook.received.clear()
-        listener = Listener(st, papermill=False, backoff=0.01, attempts=1,
-                            webhook=f"http://127.0.0.1:{server.server_port}/hook")
-        [o] = [o for o in listener.handle_pending() if o.topic == "holdings"]
+
+def _sql(store, request, statements):
+    "Run statements on the store's database itself: SQLite's connection, or Postgres as its owner."
+    if hasattr(store, "client"):
+        import psycopg
+        with psycopg.connect(request.getfixturevalue("supabase_stack").settings["SUPABASE_DB_URL"], autocommit=True) as conn:
+            for sql in statements:
+                conn.execute(sql)
+    else:
+        for sql in statements:
+            store.conn.execute(sql)
+
+
+@pytest.mark.parametrize("papermill", [False, True], ids=["direct", "papermill"])
+def test_a_units_results_commit_with_its_success_or_not_at_all(store, env, papermill, request):
+    """Issue 14, item 4, on both stores, directly and through papermill: a unit's optimization, reallocation and alerts
+    are written in the transaction that marks its run succeeded. A failure injected there (a trigger on `runs` in the
+    database) leaves none of them and posts nothing; once healed, the retry writes exactly one of each and posts the
+    alerts it committed."""
+    setup_portfolio(store)  # its holdings are far from a min-variance target: a drift alert
+    new_day(store, 1)
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received.clear()
+    listener = Listener(store, papermill=papermill, backoff=0.01, attempts=1,
+                        webhook=f"http://127.0.0.1:{server.server_port}/hook")
+    _sql(store, request, FAIL_CLOSE["supabase" if hasattr(store, "client") else "sqlite"])
+    try:
+        [o] = [o for o in listener.handle_pending() if o.topic == "prices"]
         assert [u.status for u in o.units] == ["failed"] and "disk full" in o.units[0].error
-        assert st.read_optimizations().empty and st.read_reallocations().empty and st.read_alerts().empty  # none half-written
-        assert _Hook.received == []  # an alert rolled back is never posted
-        monkeypatch.setattr(st, "finish_run", real)
+        assert store.read_units()["status"].tolist() == ["failed"]
+        assert store.read_optimizations().empty and store.read_reallocations().empty and store.read_alerts().empty
+        assert _Hook.received == []  # an alert never committed is never posted
+    finally:
+        _sql(store, request, HEAL["supabase" if hasattr(store, "client") else "sqlite"])
+    try:
         [again] = listener.recover(retry_failed=True)
-        assert again.status == "succeeded" and st.read_units()["status"].tolist() == ["succeeded"]
-        assert len(st.read_optimizations()) == 1 and len(st.read_reallocations()) == 1
-        kinds = st.read_alerts()["kind"].tolist()
-        assert "stale_data" in kinds and sorted(h["kind"] for h in _Hook.received) == sorted(kinds)  # posted once committed
+    finally:
         listener.close()
         server.shutdown()
+    assert again.status == "succeeded" and store.read_units()["status"].tolist() == ["succeeded"]
+    [opt] = store.read_optimizations().to_dict("records")
+    [plan] = store.read_reallocations().to_dict("records")
+    assert plan["plan"]["optimization_id"] == opt["id"] and opt["run_id"] == again.run_id
+    kinds = store.read_alerts()["kind"].tolist()
+    assert kinds == ["drift"] and [h["kind"] for h in _Hook.received] == kinds  # posted once, after the commit
 
 
 def test_a_unit_claimed_by_name_before_ids_is_recovered_on_its_own_row(tmp_path):
@@ -505,8 +528,8 @@ def test_a_listeners_webhook_does_not_outlive_it(tmp_path, monkeypatch):
 @pytest.mark.parametrize("papermill", [False, True], ids=["direct", "papermill"])
 def test_a_listener_whose_lease_was_taken_over_marks_nothing(store, env, papermill):
     """Issue 14, item 4: listener A claims a unit and stalls past its lease; B reclaims it (a new claim token). A's late
-    completion raises ClaimLost: the run is not marked by A (on SQLite direct its results roll back too); B's marks it,
-    one row, succeeded, with exactly one optimization and reallocation."""
+    completion raises ClaimLost: the run is not marked by A; B's marks it,
+    one row, succeeded, with exactly one optimization and reallocation. A's results are never written (both stores, both paths)."""
     from portopt.store import ClaimLost
     setup_portfolio(store)
     pid = store.portfolio_id("fund")
@@ -522,8 +545,7 @@ def test_a_listener_whose_lease_was_taken_over_marks_nothing(store, env, papermi
             late.rebalance_portfolio(pid, run_id=a)
         [row] = store.read_units().to_dict("records")
         assert row["status"] == "running" and row["attempts"] == 2  # A marked nothing: B's claim stands
-        if not papermill and not hasattr(store, "client"):
-            assert store.read_optimizations().empty and store.read_reallocations().empty  # A's results rolled back
+        assert store.read_optimizations().empty and store.read_reallocations().empty  # A's results were never written
         assert late.rebalance_portfolio(pid, run_id=b) == b
     finally:
         late.close()

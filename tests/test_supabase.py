@@ -299,7 +299,8 @@ def test_the_identity_migration_keeps_rows_with_their_portfolio(stack, tmp_path)
             conn.execute("INSERT INTO reallocations (id, portfolio, as_of, status, plan) VALUES ('r-gone', 'gone', '2024-01-02', 'held', '{}')")
             conn.execute("INSERT INTO optimizations (id, portfolio, strategy, params, weights, metrics) "
                          "VALUES ('o-none', NULL, 'hrp', '{}', '{}', '{}')")
-        assert apply_migrations(mig) == ["20261202000000_portfolio_identity.sql", "20261203000000_unit_results.sql"]
+        assert apply_migrations(mig) == ["20261202000000_portfolio_identity.sql", "20261203000000_unit_results.sql",
+                                         "20261208000000_complete_unit.sql"]
         with psycopg.connect(mig) as conn:
             ids = dict(conn.execute("SELECT portfolio, id::text FROM portfolios"))
             owner = dict(conn.execute("SELECT id::text, owner FROM portfolios"))
@@ -323,7 +324,7 @@ def test_the_identity_migration_keeps_rows_with_their_portfolio(stack, tmp_path)
 
 
 def test_only_the_service_role_claims_units_and_a_lost_claim_marks_nothing(stack):
-    "claim_unit (with its claim token) is executable by the service role only; finish_run checks the token."
+    "claim_unit and complete_unit are executable by the service role only; finish_run and complete_run check the claim token."
     from portopt.store import ClaimLost
     s = stack.settings
     args = {"p_unit": "u1", "p_id": "r1", "p_job": "rebalance", "p_trigger": "event", "p_parameters": {},
@@ -338,5 +339,13 @@ def test_only_the_service_role_claims_units_and_a_lost_claim_marks_nothing(stack
     with pytest.raises(ClaimLost, match="taken over"):
         svc.finish_run(c, "succeeded", claim="another-listeners-token")
     assert svc.read_units()["status"].tolist() == ["running"]
+    done = {"p_run_id": str(c), "p_claim": c.token, "p_output_path": None,
+            "p_writes": [{"write": "alert", "portfolio_id": None, "kind": "drift", "message": "forged"}]}
+    for who in (SupabaseStore(s["SUPABASE_URL"], s["SUPABASE_ANON_KEY"]), as_user(stack, ALICE)):
+        with pytest.raises(Exception, match="permission denied"):  # nor do they complete a unit, or write through it
+            who.client.rpc("complete_unit", done).execute()
+    with pytest.raises(ClaimLost, match="taken over"):  # a lost claim completes nothing and writes nothing
+        svc.complete_run(c, done["p_writes"], claim="another-listeners-token")
+    assert svc.read_units()["status"].tolist() == ["running"] and svc.read_alerts().empty
     svc.finish_run(c, "succeeded", claim=c.token)
     assert svc.read_units()["status"].tolist() == ["succeeded"]
