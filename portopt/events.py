@@ -193,11 +193,10 @@ def affected_portfolios(store: Store, topic: str, payload) -> list[str]:
     assets = payload.get("assets")
     if not isinstance(assets, list) or not all(isinstance(a, str) for a in assets):
         raise DataError(f"{topic} event: payload {payload!r} has no list of assets")
-    out = []
+    out, held = [], store.portfolios_holding(assets)  # one query, not one read of holdings per portfolio
     for _, p in store.read_portfolios().iterrows():
         named = (p["settings"] or {}).get("assets") if isinstance(p["settings"], dict) else None  # raw: bad settings still count
-        mine = set(named if isinstance(named, list) else []) | set(store.read_holdings(p["id"]).index)
-        if mine & set(assets):
+        if set(named if isinstance(named, list) else []) & set(assets) or p["id"] in held:
             out.append(p["id"])
     return out
 

@@ -432,6 +432,11 @@ class Store(ABC):
                              f"({', '.join(hit['id'])})")
         return hit.iloc[0].to_dict()
 
+    def portfolios_holding(self, assets) -> set:
+        "The ids of the portfolios whose latest holdings snapshot includes one of `assets` (what a price event touches)."
+        wanted = set(assets)
+        return {pid for pid in self.read_portfolios()["id"] if set(self.read_holdings(pid).index) & wanted}
+
     def portfolio_id(self, portfolio: str | None, missing_ok: bool = False) -> str | None:
         "The immutable id of `portfolio` (a name or an id, as `portfolio_row`); `None` for `None`, or when unknown and `missing_ok`."
         if portfolio is None:
@@ -977,6 +982,13 @@ class SQLiteStore(Store):
         out["settings"] = out["settings"].map(json.loads)
         return out.iloc[0].to_dict()
 
+    def portfolios_holding(self, assets):
+        assets = sorted(set(assets))
+        rows = self.conn.execute(f"""SELECT DISTINCT h.portfolio_id FROM holdings h WHERE h.asset IN ({','.join('?' * len(assets))})
+                                     AND h.ts = (SELECT max(ts) FROM holdings x WHERE x.portfolio_id = h.portfolio_id)""",
+                                 assets).fetchall() if assets else []
+        return {r[0] for r in rows}
+
     def read_portfolios(self):
         out = pd.read_sql_query("SELECT * FROM portfolios ORDER BY portfolio, created_at", self.conn)
         out["settings"] = out["settings"].map(json.loads)
@@ -1189,7 +1201,16 @@ class PendingWrites:
     transaction sees its own writes. Any other write raises `StoreError`: it could not commit with the run's close."""
 
     def __init__(self, store: Store):
-        self.store, self.writes = store, []
+        self.store, self.writes, self._ids = store, [], {}
+
+    def portfolio_id(self, portfolio, missing_ok: bool = False):
+        "As the store's, remembered for this unit (a portfolio's id never changes)."
+        if portfolio not in self._ids:
+            pid = self.store.portfolio_id(portfolio, missing_ok=missing_ok)
+            if pid is None:
+                return None
+            self._ids[portfolio] = pid
+        return self._ids[portfolio]
 
     def __getattr__(self, name):
         if name.startswith(("write_", "upsert_", "delete_", "resolve_", "start_run", "finish_run", "claim_", "mark_", "complete_")):
@@ -1206,7 +1227,7 @@ class PendingWrites:
         return to_json(self.writes)
 
     def write_optimization(self, strategy, params, weights, metrics, as_of=None, portfolio=None, run_id=None):
-        pid = self.store.portfolio_id(portfolio)
+        pid = self.portfolio_id(portfolio)
         oid = optimization_id(pid, strategy, params, as_of, weights.index)
         self.writes.append(dict(write="optimization", id=oid, portfolio_id=pid, strategy=strategy, params=params,
                                 weights={str(k): float(v) for k, v in weights.items()}, metrics=metrics,
@@ -1214,21 +1235,21 @@ class PendingWrites:
         return oid
 
     def write_reallocation(self, portfolio, as_of, status, plan):
-        pid = self.store.portfolio_id(portfolio)
+        pid = self.portfolio_id(portfolio)
         rid = reallocation_id(pid, as_of, plan)
         self.writes.append(dict(write="reallocation", id=rid, portfolio_id=pid, as_of=to_iso(as_of), status=status, plan=plan))
         return rid
 
     def write_alert(self, kind, message, portfolio=None):
         n = -1 - sum(w["write"] == "alert" for w in self.writes)
-        self.writes.append(dict(write="alert", id=n, portfolio_id=self.store.portfolio_id(portfolio), kind=kind,
+        self.writes.append(dict(write="alert", id=n, portfolio_id=self.portfolio_id(portfolio), kind=kind,
                                 message=message, created_at=utc_now()))
         return n
 
     def write_holdings(self, portfolio, units, ts, source="manual"):
         "Record a holdings snapshot (validated now); returns `None`: what it changes is known when it is written."
         u = validate_units(units, f"holdings of {portfolio}")
-        self.writes.append(dict(write="holdings", portfolio_id=self.store.portfolio_id(portfolio), ts=to_iso(ts),
+        self.writes.append(dict(write="holdings", portfolio_id=self.portfolio_id(portfolio), ts=to_iso(ts),
                                 units={str(a): float(v) for a, v in u.items()}, source=source))
 
     def read_alerts(self, open_only=True):
@@ -1241,7 +1262,7 @@ class PendingWrites:
 
     def read_holdings(self, portfolio, as_of=None):
         held = self.store.read_holdings(portfolio, as_of=as_of)
-        pid, cut = self.store.portfolio_id(portfolio, missing_ok=True), None if as_of is None else to_utc(as_of)
+        pid, cut = self.portfolio_id(portfolio, missing_ok=True), None if as_of is None else to_utc(as_of)
         mine = [w for w in self.writes if w["write"] == "holdings" and w["portfolio_id"] == pid
                 and (cut is None or to_utc(w["ts"]) <= cut)]
         if not mine:

@@ -371,6 +371,25 @@ class SupabaseStore(Store):
         self._exec(self._table("portfolios").upsert(row, on_conflict="owner,portfolio", returning=ReturnMethod.minimal),
                    "portfolios")
 
+    def portfolio_row(self, portfolio):
+        # one small request (the base reads every portfolio the caller sees): by id when it looks like one, else by name
+        import re
+        cols = ["portfolio", "owner", "quote", "wallet", "settings", "created_at", "id"]
+        q = lambda: self._table("portfolios").select("*").order("created_at")
+        rows = []
+        if re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", str(portfolio)):
+            rows = self._exec(q().eq("id", str(portfolio)), "portfolios")
+        rows = rows or self._exec(q().eq("portfolio", str(portfolio)), "portfolios")
+        if not rows:
+            raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio or portopt portfolio create)")
+        if len(rows) > 1:
+            raise StoreError(f"portfolio name {portfolio!r} is held by {len(rows)} owners in this store; pass its id "
+                             f"({', '.join(r['id'] for r in rows)})")
+        return _frame(rows, cols, micro=("created_at",)).iloc[0].to_dict()
+
+    def portfolios_holding(self, assets):
+        return set(self._rpc("portfolios_holding", {"p_assets": sorted(set(assets))}) or [])
+
     def read_portfolios(self):
         rows = self._exec(self._table("portfolios").select("*").order("portfolio").order("created_at"), "portfolios")
         return _frame(rows, ["portfolio", "owner", "quote", "wallet", "settings", "created_at", "id"], micro=("created_at",))

@@ -552,3 +552,18 @@ def test_a_listener_whose_lease_was_taken_over_marks_nothing(store, env, papermi
     [row] = store.read_units().to_dict("records")
     assert row["status"] == "succeeded" and row["attempts"] == 2
     assert len(store.read_optimizations()) == 1 and len(store.read_reallocations()) == 1
+
+
+def test_portfolios_holding_reads_each_portfolios_latest_snapshot(store):
+    "The one query a price event's portfolios come from agrees with reading every portfolio's holdings (the base method)."
+    from portopt.store import Store
+    for name in ("a", "b", "c"):
+        store.upsert_portfolio(name)
+    store.write_holdings("a", pd.Series({"SOL": 1.0}), "2024-01-01")
+    store.write_holdings("b", pd.Series({"SOL": 1.0}), "2024-01-01")
+    store.write_holdings("b", pd.Series({"USDC": 5.0}), "2024-01-02")  # b sold its SOL
+    store.write_holdings("c", pd.Series({"ETH": 1.0, "SOL": 2.0}), "2024-01-03")
+    ids = {n: store.portfolio_id(n) for n in "abc"}
+    assert store.portfolios_holding(["SOL"]) == {ids["a"], ids["c"]} == Store.portfolios_holding(store, ["SOL"])
+    assert store.portfolios_holding(["USDC", "ETH"]) == {ids["b"], ids["c"]} == Store.portfolios_holding(store, ["USDC", "ETH"])
+    assert store.portfolios_holding(["BTC"]) == set() == store.portfolios_holding([])

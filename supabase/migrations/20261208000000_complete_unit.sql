@@ -49,3 +49,11 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION public.complete_unit(text, text, text, jsonb) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.complete_unit(text, text, text, jsonb) TO service_role;
+
+-- The portfolios a price event touches by their holdings, in one query (the listener read every portfolio's latest
+-- snapshot one request at a time): the ids whose latest snapshot holds one of the assets. Invoker's rights: a user
+-- sees their own; the listener (service role) sees all.
+CREATE FUNCTION public.portfolios_holding(p_assets text[]) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(DISTINCT h.portfolio_id), '[]'::jsonb) FROM public.holdings h
+     WHERE h.asset = ANY(p_assets)
+       AND h.ts = (SELECT max(x.ts) FROM public.holdings x WHERE x.portfolio_id = h.portfolio_id) $$;
