@@ -28,10 +28,11 @@ from .store import open_store, read_prices_from
 # %% auto #0
 __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt',
            'PERCENT_COLUMNS', 'RATIO_COLUMNS', 'MONEY_COLUMNS', 'COUNT_COLUMNS', 'SourceOpt', 'MissingOpt', 'ViewsOpt',
-           'MaxFillOpt', 'portfolio_app', 'collect_app', 'ConfigFileOpt', 'supabase_app', 'human_table', 'Loaded',
-           'run', 'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'portfolio_create', 'portfolio_holdings',
-           'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_', 'collect_solana_', 'listen',
-           'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate', 'main', 'sweep_']
+           'MaxFillOpt', 'IMPORT_HELP', 'portfolio_app', 'collect_app', 'ConfigFileOpt', 'supabase_app', 'human_table',
+           'Loaded', 'run', 'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'portfolio_create',
+           'portfolio_holdings', 'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_',
+           'collect_solana_', 'listen', 'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate',
+           'main', 'sweep_']
 
 # %% ../nbs/90_cli.ipynb #8ed55e42
 from .config import UsageError, name_list, nonnegative, one_line, parse_date, positive, positive_int
@@ -378,15 +379,17 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
 # %% ../nbs/90_cli.ipynb #3b41483d
 from .data import LAYOUTS, frequency_label, import_files, import_prices, why_not_streamed
 
-@app.command("import")
+IMPORT_HELP = ("Validate price files of the known layouts and load them all into the store in one transaction (re-importing "
+               "changes nothing). Layouts: " + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()))
+
+@app.command("import", help=IMPORT_HELP, short_help="Validate price files (exchange exports, CoinGecko, Yahoo, long, wide) and load them into the store, in one transaction.")  # a docstring built by an expression is no docstring: the help was empty
 def import_(paths: Annotated[list[str], typer.Argument(help="Price files (CSV, CSV.gz or Parquet) or globs such as 'klines/*.csv'.")],
             asset: Annotated[Optional[str], typer.Option(help="Asset of a one-asset file (default: from a pair in the file name, e.g. SOLUSDT.csv → SOL).")] = None,
             source: Annotated[Optional[str], typer.Option(help="Source name stored with every price (default: the format's name, e.g. binance, bybit, ccxt, yahoo, coingecko; file:<name> for a generic layout).")] = None,
             allow_jumps: Annotated[bool, typer.Option("--allow-jumps", help="Accept a close more than ×1000 (or under ÷1000) the previous one.")] = False,
             allow_dates: Annotated[bool, typer.Option("--allow-dates", help="Accept timestamps outside the years 1900–2200 (refused by default as typos).")] = False,
             store: StoreOpt = None):
-    """Validate price files of the known layouts and load them all into the store in one transaction (re-importing
-    changes nothing). Layouts: """ + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
+    "`portopt import`: see `IMPORT_HELP`."
     if allow_dates:
         os.environ["PORTOPT_ALLOW_DATES"] = "1"   # read by the date checks of portopt.clean
     # large plain long CSVs are streamed piece by piece into the open store; anything else is read whole first, as

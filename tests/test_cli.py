@@ -137,3 +137,14 @@ def test_the_backtest_report_runs_through_papermill_and_records_its_trials(cli, 
     assert len(stored) == 6 and (stored["run_id"] == run["id"]).all() and run["status"] == "succeeded"
     assert np.isclose(stored.loc["hrp", "metrics"]["sharpe"], metrics.loc["hrp", "sharpe"])
     assert "report:" in proc.stdout
+
+
+def test_every_command_says_what_it_does_in_the_help(cli):
+    "`portopt --help` gives each command a line (the import command's help was an expression, so it showed none)."
+    import re
+    out = cli("--help").stdout
+    rows = re.findall(r"│ (\w+)\s+(.*?)\s*│", out.split("Commands")[1])
+    names = [n for n, text in rows]
+    assert {"import", "data", "optimize", "listen", "portfolio"} <= set(names)
+    assert all(text.strip() for n, text in rows if n), [n for n, text in rows if not text.strip()]
+    assert "Layouts: coingecko" in cli("import", "--help").stdout
