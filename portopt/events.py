@@ -164,9 +164,10 @@ def rebalance(store: Store, portfolio: str, as_of=None, run_id: str | None = Non
     ppy = resolve_frequency(prices.index, s.periods_per_year).periods_per_year  # given, or inferred from the spacing
     alloc = optimize(window, s.strategy, periods_per_year=ppy, **s.strategy_params)
     at = to_iso(prices.index[-1] if as_of is None else min(to_utc(as_of), prices.index[-1]))
-    oid = store.write_optimization(s.strategy, dict(alloc.params, window=s.window, periods_per_year=ppy, assets=assets),
-                                   alloc.weights, alloc.metrics(), as_of=at, portfolio=pid, run_id=run_id)
-    extra = dict(optimization_id=oid, strategy=s.strategy)
+    excluded = {"excluded": dict(alloc.diagnostics["excluded"])} if alloc.diagnostics.get("excluded") else {}  # never silent:
+    oid = store.write_optimization(s.strategy, dict(alloc.params, window=s.window, periods_per_year=ppy, assets=assets, **excluded),
+                                   alloc.weights, alloc.metrics(), as_of=at, portfolio=pid, run_id=run_id)  # a dropped
+    extra = dict(optimization_id=oid, strategy=s.strategy, **excluded)  # asset is named in the weights' row and the plan
     if float(units.sum()) <= 0:
         status, plan = "held", dict(extra, reason="no holdings to reallocate", target=alloc.to_dict())
         rid = store.write_reallocation(pid, at, status, plan)

@@ -415,7 +415,9 @@ def reallocate_portfolio(store, portfolio: str, as_of=None, execute: str | None 
         if dd <= -settings.drawdown_limit:
             guard = ("drawdown", f"{portfolio}: drawdown {dd:.1%} beyond the limit of {settings.drawdown_limit:.0%}; plan held")
     if guard:
-        store.write_alert(guard[0], guard[1], pid)
+        open_ = store.read_alerts()  # one open alert per portfolio and kind, as `raise_alerts` keeps them: every
+        if not ((open_["portfolio_id"] == pid) & (open_["kind"] == guard[0])).any():  # held event would add another
+            store.write_alert(guard[0], guard[1], pid)
         return "held", None, store.write_reallocation(pid, when, "held", dict(extra or {}, reason=guard[1], **used))
     window = ps.window
     prices = read_recent_prices(store, assets, when, 2 * window * 366 / (ps.periods_per_year or 252) + 30,  # a read span, with a margin

@@ -567,3 +567,27 @@ def test_portfolios_holding_reads_each_portfolios_latest_snapshot(store):
     assert store.portfolios_holding(["SOL"]) == {ids["a"], ids["c"]} == Store.portfolios_holding(store, ["SOL"])
     assert store.portfolios_holding(["USDC", "ETH"]) == {ids["b"], ids["c"]} == Store.portfolios_holding(store, ["USDC", "ETH"])
     assert store.portfolios_holding(["BTC"]) == set() == store.portfolios_holding([])
+
+
+def test_an_asset_dropped_from_the_window_is_named_and_a_held_plan_alerts_once(tmp_path):
+    """As a user found it: BTC's prices end months before SOL's. The unit's weights leave BTC out, and its optimization row
+    and decision say so (`excluded`); the plan is held as stale on every event, with one open stale_data alert, not one per event."""
+    from portopt.store import SQLiteStore
+    with SQLiteStore(tmp_path / "s.sqlite") as st:
+        st.write_prices(prices(DAYS), "test")
+        st.write_prices(pd.DataFrame({"timestamp": DAYS[:60], "asset": "BTC", "close": np.linspace(40_000, 42_000, 60)}), "test")
+        st.upsert_portfolio("fund", settings={"assets": ["SOL", "USDC", "BTC"], "strategy": "min_variance", "window": 30})
+        st.write_holdings("fund", pd.Series({"SOL": 10.0, "USDC": 100.0, "BTC": 0.1}), DAYS[0])
+        st.mark_events_consumed(st.read_events(pending_only=True)["id"].tolist())
+        listener = Listener(st, papermill=False, backoff=0.01)
+        for k in (1, 2):
+            new_day(st, k)
+            listener.handle_pending()
+        listener.close()
+        assert [u.status for u in listener.units] == ["succeeded", "succeeded"]
+        opts, plans = st.read_optimizations(), st.read_reallocations()
+        assert len(opts) == 2 and all(set(w) == {"SOL", "USDC"} for w in opts["weights"])
+        assert sorted(p["excluded"]["BTC"] for p in opts["params"]) == [f"no returns in the window ending 2024-0{d}" for d in ("4-30", "5-01")]
+        assert list(plans["status"]) == ["held", "held"] and all("BTC" in p["plan"]["excluded"] for _, p in plans.iterrows())
+        alerts = st.read_alerts()
+        assert alerts["kind"].tolist() == ["stale_data"] and "BTC" in alerts["message"][0]
