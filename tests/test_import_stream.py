@@ -194,3 +194,24 @@ def test_a_reimport_with_a_few_changes_counts_and_stores_exactly_those(tmp_path)
         again = import_prices(st, [f], piece_bytes=PIECE)
     assert again.streamed and again.results == {"file:ohlcv.csv": WriteResult(0, 0, 30_005)}
     assert dump(s) == before
+
+
+def test_the_stored_bar_check_words_the_same_refusal_on_any_store(tmp_path):
+    "A SQLite store reads the coverage and stored times directly; another store (here a plain wrapper) through `price_coverage` and `read_prices`: same refusal."
+    hourly, daily, store = tmp_path / "h.csv", tmp_path / "d.csv", tmp_path / "s.sqlite"
+    _file(hourly, assets=5, per=1000)
+    _file(daily, assets=5, per=1000, start="2018-01-01", freq="D")
+    with SQLiteStore(store) as st:
+        import_prices(st, [hourly], source="x", piece_bytes=PIECE)
+        _, batches, _ = import_files([daily], source="x")
+
+        class Other:   # not a SQLiteStore: the general reads
+            price_coverage, read_prices = st.price_coverage, st.read_prices
+
+        errors = []
+        for s in (st, Other()):
+            with pytest.raises(DataError) as e:
+                check_stored_bars(s, batches)
+            errors.append(str(e.value))
+        check_stored_bars(Other(), {"y": batches["x"]})   # another source: nothing to check
+    assert errors[0] == errors[1] and errors[0].startswith("source 'x' holds 1 h bars of A000 (to 2021-02-11 15:00)")
