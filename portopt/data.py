@@ -726,14 +726,12 @@ def check_stored_bars(store, batches: dict[str, pd.DataFrame]) -> None:
 
 def _coverage(store, sources) -> dict:
     "`(source, asset)` → `(first, last, prices)` of `store.price_coverage()` for `sources` (a SQLite store reads only those)."
-    from .store import SQLiteStore
-    cov = store._source_coverage(sources) if isinstance(store, SQLiteStore) else store.price_coverage()
+    cov = store._source_coverage(sources) if hasattr(store, "_source_coverage") else store.price_coverage()
     return {(s, a): (f, l, n) for s, a, f, l, n in zip(cov["source"], cov["asset"], cov["first"], cov["last"], cov["prices"])}
 
 def _stored_times(store, assets, src: str, start) -> dict:
     "asset → int64 epoch-ns times of its stored prices under `src` from `start` on (`read_prices`' rows; SQLite reads them directly)."
-    from .store import SQLiteStore
-    if isinstance(store, SQLiteStore):
+    if hasattr(store, "_price_times"):
         return store._price_times(assets, src, start)
     stored = store.read_prices(assets=assets, source=src, start=start)
     return {a: stored[a].dropna().index.to_numpy(dtype="datetime64[ns]").view(np.int64) for a in stored}
