@@ -720,34 +720,44 @@ def check_stored_bars(store, batches: dict[str, pd.DataFrame]) -> None:
     `batches`: source → long frame (`portopt.clean.LONG_COLUMNS`, as `import_files` returns). The stored bar is
     the smallest step among the asset's last stored prices of that source (about 8 bars: one read per source).
     Raises `DataError`, one line naming the source, the asset, both bar lengths and the fix (`--source`)."""
-    cov = store.price_coverage()
-    if cov.empty:
+    cov = _coverage(store, list(batches))
+    if not cov:
         return
-    cov = cov.set_index(["source", "asset"])
     for src, frame in batches.items():
         _check_bars(store, cov, src, _batch_bars(frame))
 
-def _check_bars(store, cov: pd.DataFrame, src: str, pairs) -> None:
-    "`check_stored_bars` for `(asset, bar)` pairs of one source against `cov` (`price_coverage()` indexed by source, asset)."
-    wanted = [(a, bar) for a, bar in pairs if (src, a) in cov.index]
+def _coverage(store, sources) -> dict:
+    "`(source, asset)` → `(first, last, prices)` of `store.price_coverage()` for `sources` (a SQLite store reads only those)."
+    cov = store._source_coverage(sources) if hasattr(store, "_source_coverage") else store.price_coverage()
+    return {(s, a): (f, l, n) for s, a, f, l, n in zip(cov["source"], cov["asset"], cov["first"], cov["last"], cov["prices"])}
+
+def _stored_times(store, assets, src: str, start) -> dict:
+    "asset → int64 epoch-ns times of its stored prices under `src` from `start` on (`read_prices`' rows; SQLite reads them directly)."
+    if hasattr(store, "_price_times"):
+        return store._price_times(assets, src, start)
+    stored = store.read_prices(assets=assets, source=src, start=start)
+    return {a: stored[a].dropna().index.to_numpy(dtype="datetime64[ns]").view(np.int64) for a in stored}
+
+def _check_bars(store, cov: dict, src: str, pairs) -> None:
+    "`check_stored_bars` for `(asset, bar)` pairs of one source against `cov` (`_coverage`: (source, asset) → first, last, prices)."
     spans = {}
-    for a, bar in wanted:
-        first, last, n = (cov.loc[(src, a), k] for k in ("first", "last", "prices"))
+    for a, bar in pairs:
+        first, last, n = cov.get((src, a), (None, None, 0))
         if n >= 2:
             first, last = pd.Timestamp(first), pd.Timestamp(last)
             spans[a] = (bar, last - 8 * (last - first) / (n - 1))
     if not spans:
         return
-    stored = store.read_prices(assets=list(spans), source=src, start=min(s for _, s in spans.values()))
+    stored = _stored_times(store, list(spans), src, min(s for _, s in spans.values()))
     for a, (bar, since) in spans.items():
-        idx = stored[a].dropna().index if a in stored else pd.DatetimeIndex([])
-        idx = idx[idx >= since]
+        idx = stored.get(a, np.array([], dtype=np.int64))
+        idx = idx[idx >= since.value]
         if len(idx) < 2:
             continue
-        have = pd.Timedelta(np.diff(idx.to_numpy(dtype="datetime64[ns]").view(np.int64)).min(), "ns")
+        have = pd.Timedelta(np.diff(idx).min(), "ns")
         if have != bar:
             short = re.sub(r"(\d+) (\w)\w*", r"\1\2", bar_words(bar))   # 1 day → 1d, 1 h → 1h, 15 min → 15m
-            raise DataError(f"source {src!r} holds {bar_words(have)} bars of {a} (to {idx[-1]:%Y-%m-%d %H:%M}), "
+            raise DataError(f"source {src!r} holds {bar_words(have)} bars of {a} (to {pd.Timestamp(idx[-1], tz='UTC'):%Y-%m-%d %H:%M}), "
                             f"this import has {bar_words(bar)} bars of it; import it under its own --source "
                             f"(e.g. --source {src}-{short}) so the two series never mix")
 
@@ -921,15 +931,14 @@ def _stream_import(store, paths, plans, source, allow_jumps, piece_bytes) -> Imp
     "The streamed import of `import_prices` (SQLite): one transaction; `_Unsure` rolls it back."
     from .store import _prefetched, _upsert_prices, to_iso, utc_now
     from .store import WriteResult
-    cov = store.price_coverage()
-    stored = set(zip(cov["source"], cov["asset"]))
-    cov = cov.set_index(["source", "asset"])
+    defaults = ["binance" if plan[2] == "binance" else f"file:{path.name}" for path, plan in zip(paths, plans)]   # as import_file names them
+    cov = _coverage(store, [source or d for d in defaults])
+    stored = set(cov)
     now, state, files = utc_now(), {}, []
     totals: dict = {}
     with store._transaction() as conn:
         conn.execute("PRAGMA cache_size = -32768")
-        for path, plan in zip(paths, plans):
-            default = "binance" if plan[2] == "binance" else f"file:{path.name}"   # as import_file names it
+        for path, plan, default in zip(paths, plans, defaults):
             src = source or default
             info = StreamedFile(path, plan[2], default)
             files.append(info)

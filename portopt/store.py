@@ -847,6 +847,42 @@ class SQLiteStore(Store):
                                     JOIN price_sources s ON s.id = c.source_id JOIN price_assets a ON a.id = c.asset_id
                                     ORDER BY s.source, a.asset""", self.conn)
 
+    def _source_coverage(self, sources) -> pd.DataFrame:
+        """`price_coverage()` of `sources` only (what an import into them checks against). Per source one scan in key
+        order (`GROUP BY asset_id`: no sort), first and last by a seek per asset: about 5 × faster than grouping the
+        whole table by (source, asset), which sorts every row (a re-import of 5M rows spent ~1.7 s there); for more
+        than 4 sources (a scan each) that one grouping is cheaper."""
+        sources = sorted(set(sources))
+        if len(sources) > 4:
+            cov = self.price_coverage()
+            return cov[cov["source"].isin(sources)].reset_index(drop=True)
+        sql = f"""SELECT ?2 AS source, a.asset,
+                         strftime('{_TS_FORMAT}', (SELECT min(ts) FROM price_bars WHERE asset_id = c.asset_id AND source_id = ?1), 'unixepoch') AS first,
+                         strftime('{_TS_FORMAT}', (SELECT max(ts) FROM price_bars WHERE asset_id = c.asset_id AND source_id = ?1), 'unixepoch') AS last,
+                         c.n AS prices
+                  FROM (SELECT asset_id, count(*) AS n FROM price_bars WHERE source_id = ?1 GROUP BY asset_id) c
+                  JOIN price_assets a ON a.id = c.asset_id ORDER BY a.asset"""
+        ids = dict(self.conn.execute("SELECT source, id FROM price_sources"))
+        frames = [pd.read_sql_query(sql, self.conn, params=(ids[s], s)) for s in sources if s in ids]
+        if not frames:
+            return pd.DataFrame({"source": [], "asset": [], "first": [], "last": [], "prices": []})
+        return pd.concat(frames, ignore_index=True)
+
+    def _price_times(self, assets, source: str, start) -> dict:
+        """The stored times of `assets` under `source` from `start` on, per asset: int64 epoch nanoseconds in order (the
+        rows `read_prices(assets, source=source, start=start)` reads, without building its frame: `check_stored_bars`)."""
+        rows = self.conn.execute("""SELECT a.asset, b.ts FROM price_bars b JOIN price_assets a ON a.id = b.asset_id
+                                    WHERE b.asset_id IN (SELECT id FROM price_assets WHERE asset IN (SELECT value FROM json_each(?)))
+                                      AND b.source_id = (SELECT id FROM price_sources WHERE source = ?) AND b.ts >= ?
+                                    ORDER BY b.asset_id, b.ts""", (json.dumps(list(assets)), source, _epoch(start))).fetchall()
+        if not rows:
+            return {}
+        names, ts = zip(*rows)
+        ts = np.array(ts, dtype=np.int64) * 10**9
+        names = np.array(names, dtype=object)
+        cut = np.flatnonzero(names[1:] != names[:-1]) + 1
+        return {names[i]: part for i, part in zip(np.r_[0, cut], np.split(ts, cut))}
+
     # -- results --------------------------------------------------------------------------
     def write_optimization(self, strategy, params, weights, metrics, as_of=None, portfolio=None, run_id=None):
         as_of = None if as_of is None else to_iso(as_of)

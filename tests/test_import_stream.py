@@ -139,3 +139,79 @@ def test_several_files_stream_in_one_transaction_and_unsorted_falls_back(tmp_pat
         done = import_prices(st, [a, b], source="s", piece_bytes=PIECE)
     assert not done.streamed and "key order" in done.why
     assert done.results == {"s": WriteResult(20_000, 0, 0)} and any("sorted" in n for f in done.files for n in f.notes)
+
+
+def _recorded(store_path, asset, ts):
+    with SQLiteStore(store_path) as st:
+        return st.conn.execute("SELECT recorded_at FROM prices WHERE asset = ? AND ts = ?", (asset, ts)).fetchone()[0]
+
+
+def test_a_reimport_with_a_few_changes_counts_and_stores_exactly_those(tmp_path):
+    """A re-import where a few rows changed inside pieces (values, value → NaN, NaN → value) and rows were added at the
+    end of an asset in mid-file and at the file's end: counts exact, the changed rows and only they rewritten (new
+    recorded_at), the store as the whole-file path leaves it; then the same file again changes nothing."""
+    f, s, w = tmp_path / "ohlcv.csv", tmp_path / "s.sqlite", tmp_path / "w.sqlite"
+    v1 = _file(f)
+    v1.loc[[1_500, 20_700], "volume"] = np.nan                     # NaN now, a value in v2
+    v1.to_csv(f, index=False, float_format="%.6f")
+    with SQLiteStore(s) as st:
+        assert import_prices(st, [f], piece_bytes=PIECE).results == {"file:ohlcv.csv": WriteResult(30_000, 0, 0)}
+    assert _whole([f], w) == [WriteResult(30_000, 0, 0)]
+    kept_at, changed_ts = _recorded(s, "A010", "2021-01-01T00:00:00Z"), v1.loc[10_500, "timestamp"]
+    v2 = v1.copy()
+    v2.loc[[10_500, 10_501, 10_502], "close"] *= 1.0003           # three rows in the middle of A010 (and of a piece)
+    v2.loc[[1_500, 20_700], "volume"] = [12.5, 7.0]
+    v2.loc[[3_333, 29_998], "volume"] = np.nan                     # a value now NaN
+    stamps = pd.date_range(pd.Timestamp(v1.loc[5_999, "timestamp"]) + pd.Timedelta("1h"), periods=3, freq="h")
+    more5 = v1.loc[[5_999] * 3].assign(timestamp=stamps.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    stamps = pd.date_range(pd.Timestamp(v1.loc[29_999, "timestamp"]) + pd.Timedelta("1h"), periods=2, freq="h")
+    more29 = v1.loc[[29_999] * 2].assign(timestamp=stamps.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    v2 = pd.concat([v2.loc[:5_999], more5, v2.loc[6_000:], more29], ignore_index=True)   # A005 and A029 longer
+    v2.to_csv(f, index=False, float_format="%.6f")
+    with SQLiteStore(s) as st:
+        done = import_prices(st, [f], piece_bytes=PIECE)
+        events = st.read_events("prices")
+    assert done.streamed, done.why
+    assert done.results == {"file:ohlcv.csv": WriteResult(5, 7, 29_993)}
+    assert len(events) == 2 and (events["payload"].iloc[-1]["inserted"], events["payload"].iloc[-1]["updated"]) == (5, 7)
+    assert _whole([f], w) == [WriteResult(5, 7, 29_993)]
+    (a, cov_a), (b, cov_b) = _frames(s), _frames(w)
+    for k in a:
+        pd.testing.assert_frame_equal(a[k], b[k])
+    pd.testing.assert_frame_equal(cov_a, cov_b)
+    close, volume = a["close"], a["volume"]
+    t = pd.Timestamp(changed_ts)
+    new_close = v2.loc[(v2["asset"] == "A010") & (v2["timestamp"] == changed_ts), "close"].iloc[0]
+    assert close.loc[t, "A010"] == pytest.approx(new_close, abs=1e-6)
+    assert abs(close.loc[t, "A010"] - v1.loc[10_500, "close"]) > 1e-3
+    assert volume.loc[pd.Timestamp(v1.loc[1_500, "timestamp"]), "A001"] == 12.5
+    assert np.isnan(volume.loc[pd.Timestamp(v1.loc[3_333, "timestamp"]), "A003"])
+    assert len(close["A005"].dropna()) == 1003 and len(close["A029"].dropna()) == 1002
+    assert _recorded(s, "A010", "2021-01-01T00:00:00Z") == kept_at        # unchanged: recorded_at kept
+    assert _recorded(s, "A010", changed_ts) > kept_at                      # changed: recorded now
+    before = dump(s)                                                      # the same file again: nothing written
+    with SQLiteStore(s) as st:
+        again = import_prices(st, [f], piece_bytes=PIECE)
+    assert again.streamed and again.results == {"file:ohlcv.csv": WriteResult(0, 0, 30_005)}
+    assert dump(s) == before
+
+
+def test_the_stored_bar_check_words_the_same_refusal_on_any_store(tmp_path):
+    "A SQLite store reads the coverage and stored times directly; another store (here a plain wrapper) through `price_coverage` and `read_prices`: same refusal."
+    hourly, daily, store = tmp_path / "h.csv", tmp_path / "d.csv", tmp_path / "s.sqlite"
+    _file(hourly, assets=5, per=1000)
+    _file(daily, assets=5, per=1000, start="2018-01-01", freq="D")
+    with SQLiteStore(store) as st:
+        import_prices(st, [hourly], source="x", piece_bytes=PIECE)
+        _, batches, _ = import_files([daily], source="x")
+
+        class Other:   # not a SQLiteStore: the general reads
+            price_coverage, read_prices = st.price_coverage, st.read_prices
+
+        errors = []
+        for s in (st, Other()):
+            with pytest.raises(DataError) as e:
+                check_stored_bars(s, batches)
+            errors.append(str(e.value))
+        check_stored_bars(Other(), {"y": batches["x"]})   # another source: nothing to check
+    assert errors[0] == errors[1] and errors[0].startswith("source 'x' holds 1 h bars of A000 (to 2021-02-11 15:00)")

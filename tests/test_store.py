@@ -384,3 +384,26 @@ def test_a_dashboards_store_is_read_only_and_an_older_one_is_not_migrated(tmp_pa
         open_for_reading(path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION - 1  # left as it was
+
+
+def test_an_imports_coverage_and_stored_times_are_what_the_general_reads_give(store_path):
+    "`_source_coverage` (an import's sources only) and `_price_times` (the stored-bar check) against `price_coverage` and `read_prices`."
+    import numpy as np
+    long, _ = read_price_file(FIXTURES / "sol-usd-max.csv")
+    with SQLiteStore(store_path) as st:
+        for k, src in enumerate(["a", "b", "c", "d", "e", "f"]):
+            part = long.iloc[k * 50:len(long) - k * 30:(k % 3) + 1]
+            st.write_prices(pd.concat([part, part.assign(asset=f"X{k}")], ignore_index=True), src)
+        st.write_prices(long.assign(asset="ONLY_A"), "a")
+        every = st.price_coverage()
+        for sources in (["a"], ["b", "a"], ["a", "b", "c", "d", "e", "f"], ["a", "nowhere"]):
+            want = every[every["source"].isin(sources)].reset_index(drop=True)
+            pd.testing.assert_frame_equal(st._source_coverage(sources), want)
+        assert st._source_coverage(["nowhere"]).empty and st._source_coverage([]).empty
+        for src, start in (("a", None), ("b", "2021-03-01"), ("c", pd.Timestamp("2021-03-01 00:00:00.5", tz="UTC")), ("a", "2099-01-01")):
+            assets = ["SOL", "ONLY_A", "X2", "NOPE"]
+            wide = st.read_prices(assets=assets, source=src, start=start or "1970-01-02")
+            want = {a: wide[a].dropna().index.to_numpy(dtype="datetime64[ns]").view(np.int64) for a in wide}
+            got = st._price_times(assets, src, start or "1970-01-02")
+            want = {a: v for a, v in want.items() if len(v)}   # an asset with none: absent (read_prices: an empty column)
+            assert got.keys() == want.keys() and all((got[a] == want[a]).all() for a in want)
