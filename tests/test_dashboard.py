@@ -191,6 +191,7 @@ def test_each_report_app_shows_the_latest_stored_result_and_writes_nothing(popul
             bt = st.read_backtests()
             bt = bt[bt["run_id"] == done["backtest"].run_id].set_index("strategy")
             assert f"{bt.loc['max_sharpe', 'metrics']['sharpe']:,.2f}" in text
+            assert "benchmark (equal weight)" in text and "benchmark (BTC)" in text  # named as its HTML report names them
         if app == "reallocate":
             latest = st.read_reallocations("demo").iloc[0]
             assert f"Decision: {latest['status'].replace('_', ' ')}" in text and latest["id"] in text
