@@ -24,9 +24,9 @@ from .data import dataset_info, load_dataset
 
 # %% auto #0
 __all__ = ['SCHEMA_V1', 'MIGRATIONS', 'SCHEMA_VERSION', 'TABLES', 'utc_now', 'to_iso', 'content_id', 'optimization_id',
-           'reallocation_id', 'to_json', 'WriteResult', 'ClaimLost', 'Claim', 'Store', 'validate_metrics',
-           'validate_units', 'SQLiteStore', 'open_store', 'ensure_dataset', 'source_names', 'read_prices_from',
-           'PendingWrites', 'apply_writes']
+           'reallocation_id', 'one_portfolio', 'to_json', 'WriteResult', 'ClaimLost', 'Claim', 'Store',
+           'validate_metrics', 'validate_units', 'SQLiteStore', 'open_store', 'ensure_dataset', 'source_names',
+           'read_prices_from', 'PendingWrites', 'apply_writes']
 
 # %% ../nbs/03_store.ipynb #c7611468
 SCHEMA_V1 = """
@@ -201,6 +201,16 @@ def reallocation_id(portfolio_id: str, as_of, plan: dict) -> str:
     "A reallocation decision's id in every store: its portfolio's id, `as_of` and plan."
     return content_id("reallocation", portfolio_id, to_iso(as_of), plan)
 
+def one_portfolio(rows: pd.DataFrame, portfolio) -> dict:
+    """The one portfolio among `rows` (`read_portfolios`' columns) that `portfolio` named, as a dict. Raises `StoreError`
+    for none, or for a name several owners hold (then give its id)."""
+    if rows.empty:
+        raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio or portopt portfolio create)")
+    if len(rows) > 1:
+        raise StoreError(f"portfolio name {portfolio!r} is held by {len(rows)} owners in this store; pass its id "
+                         f"({', '.join(rows['id'])})")
+    return rows.iloc[0].to_dict()
+
 def _backtest_id(strategy: str, config: dict, portfolio_id: str | None = None) -> str:
     "A backtest's id: `content_id(\"backtest\", strategy, config)`, and the portfolio's id when it belongs to one."
     return content_id("backtest", strategy, config) if portfolio_id is None else content_id("backtest", strategy, config, portfolio_id)
@@ -251,6 +261,12 @@ class WriteResult:
 # %% ../nbs/03_store.ipynb #161c3dcc
 class ClaimLost(StoreError):
     "A unit's run no longer carries this listener's claim (its lease expired and another listener took it over, or it was finished): nothing was marked."
+
+    @classmethod
+    def of(cls, run_id) -> "ClaimLost":
+        "The error for run `run_id`, worded alike by every store."
+        return cls(f"run {run_id} was taken over by another listener (its lease expired) or finished; "
+                   "this listener's results are discarded")
 
 class Claim(str):
     "A claimed unit's run id (a `str`, usable wherever a run id is) carrying `.token`, the claim's own token."
@@ -423,14 +439,7 @@ class Store(ABC):
         `read_portfolios`' columns. Raises `StoreError` for an unknown or ambiguous name."""
         rows = self.read_portfolios()
         hit = rows[rows["id"] == portfolio]
-        if hit.empty:
-            hit = rows[rows["portfolio"] == portfolio]
-        if hit.empty:
-            raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio or portopt portfolio create)")
-        if len(hit) > 1:
-            raise StoreError(f"portfolio name {portfolio!r} is held by {len(hit)} owners in this store; pass its id "
-                             f"({', '.join(hit['id'])})")
-        return hit.iloc[0].to_dict()
+        return one_portfolio(hit if len(hit) else rows[rows["portfolio"] == portfolio], portfolio)
 
     def portfolios_holding(self, assets) -> set:
         "The ids of the portfolios whose latest holdings snapshot includes one of `assets` (what a price event touches)."
@@ -1118,8 +1127,7 @@ class SQLiteStore(Store):
             n = conn.execute(f"UPDATE runs SET status = ?, finished_at = ?, output_path = ?, error = ? WHERE id = ?{guard}",
                              (status, utc_now(), None if output_path is None else str(output_path), error, run_id, *args)).rowcount
             if n != 1 and claim is not None and conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
-                raise ClaimLost(f"run {run_id} was taken over by another listener (its lease expired) or finished; "
-                                "this listener's results are discarded")
+                raise ClaimLost.of(run_id)
             if n != 1:
                 raise StoreError(f"no run {run_id!r} in {self.path}")
             self._event(conn, "runs", dict(run_id=run_id, status=status))

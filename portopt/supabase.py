@@ -18,8 +18,8 @@ from postgrest.types import ReturnMethod
 from .clean import LONG_COLUMNS, to_utc, to_wide, validate_long
 from .config import ConfigError, StoreError
 from .portfolio import portfolio_settings_from
-from .store import (Claim, ClaimLost, Store, WriteResult, _backtest_id, content_id, optimization_id, reallocation_id, to_iso,
-                    to_json, utc_now, validate_metrics, validate_units)
+from .store import (Claim, ClaimLost, Store, WriteResult, _backtest_id, content_id, one_portfolio, optimization_id,
+                           reallocation_id, to_iso, to_json, utc_now, validate_metrics, validate_units)
 
 # %% auto #0
 __all__ = ['supabase_settings', 'SupabaseStore', 'migrations_dir', 'apply_migrations']
@@ -49,6 +49,7 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
 _RUN_COLUMNS = ["id", "job", "trigger", "parameters", "status", "started_at", "finished_at", "output_path", "error"]
+_PORTFOLIO_COLUMNS = ["portfolio", "owner", "quote", "wallet", "settings", "created_at", "id"]
 _BACKTEST_COLUMNS = ("id", "strategy", "config", "metrics", "returns", "run_id", "created_at", "portfolio_id")  # `detail`: read_backtest only
 _NAMED = "*,portfolios(portfolio)"  # a row and its portfolio's name (PostgREST embeds it through the portfolio_id foreign key)
 
@@ -264,15 +265,13 @@ class SupabaseStore(Store):
             q = q.eq("status", "running").eq("claim", claim)
         rows = self._exec(q, "runs")
         if len(rows) != 1 and claim is not None and self._exec(self._table("runs").select("id").eq("id", str(run_id)), "runs"):
-            raise ClaimLost(f"run {run_id} was taken over by another listener (its lease expired) or finished; "
-                            "this listener's results are discarded")
+            raise ClaimLost.of(run_id)
         if len(rows) != 1:
             raise StoreError(f"no run {run_id!r} in {self.url}")
 
     def complete_run(self, run_id, writes, output_path=None, claim=None):
         # one call, one PostgreSQL transaction: the claim is checked, the run marked and the results written, or nothing
-        lost = (f"run {run_id} was taken over by another listener (its lease expired) or finished; "
-                "this listener's results are discarded")
+        lost = str(ClaimLost.of(run_id))
         try:
             r = self._exec(self.client.rpc("complete_unit", {"p_run_id": str(run_id), "p_claim": claim,
                                                              "p_output_path": None if output_path is None else str(output_path),
@@ -374,25 +373,19 @@ class SupabaseStore(Store):
     def portfolio_row(self, portfolio):
         # one small request (the base reads every portfolio the caller sees): by id when it looks like one, else by name
         import re
-        cols = ["portfolio", "owner", "quote", "wallet", "settings", "created_at", "id"]
         q = lambda: self._table("portfolios").select("*").order("created_at")
         rows = []
         if re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", str(portfolio)):
             rows = self._exec(q().eq("id", str(portfolio)), "portfolios")
         rows = rows or self._exec(q().eq("portfolio", str(portfolio)), "portfolios")
-        if not rows:
-            raise StoreError(f"no portfolio {portfolio!r}; create it first (upsert_portfolio or portopt portfolio create)")
-        if len(rows) > 1:
-            raise StoreError(f"portfolio name {portfolio!r} is held by {len(rows)} owners in this store; pass its id "
-                             f"({', '.join(r['id'] for r in rows)})")
-        return _frame(rows, cols, micro=("created_at",)).iloc[0].to_dict()
+        return one_portfolio(_frame(rows, _PORTFOLIO_COLUMNS, micro=("created_at",)), portfolio)
 
     def portfolios_holding(self, assets):
         return set(self._rpc("portfolios_holding", {"p_assets": sorted(set(assets))}) or [])
 
     def read_portfolios(self):
         rows = self._exec(self._table("portfolios").select("*").order("portfolio").order("created_at"), "portfolios")
-        return _frame(rows, ["portfolio", "owner", "quote", "wallet", "settings", "created_at", "id"], micro=("created_at",))
+        return _frame(rows, _PORTFOLIO_COLUMNS, micro=("created_at",))
 
     def write_holdings(self, portfolio, units, ts, source="manual"):
         u = validate_units(units, f"holdings of {portfolio}")
