@@ -12,10 +12,10 @@ STAMP  := $(VENV)/.portopt-installed
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install:  ## create .venv and install portopt (editable) with its development tools (make run/test do it when needed)
+install:  ## create .venv and install portopt (editable) with every extra and its development tools (make run/test do it when needed)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[all,dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null  # the kernelspec the notebooks record (nbdev_clean writes display_name python3)
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory supabase-install; else echo "npm not found: the local Supabase stack (make supabase-up) needs it for PostgREST (make system-deps)"; fi
 	@touch $(STAMP)

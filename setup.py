@@ -9,6 +9,9 @@ cfg = ConfigParser(delimiters=["="])
 cfg.read(here / "settings.ini", encoding="utf-8")
 cfg = cfg["DEFAULT"]
 
+# The extras `portopt[<name>]` from the `extra_<name>` keys of settings.ini, and `portopt[all]`.
+extras = {k[len("extra_"):]: v.split() for k, v in cfg.items() if k.startswith("extra_")}
+
 licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
 statuses = ["Planning", "Pre-Alpha", "Alpha", "Beta", "Production/Stable", "Mature", "Inactive"]
 lic_name, lic_classifier = licenses[cfg["license"]]
@@ -37,7 +40,7 @@ setuptools.setup(
     package_data={"portopt": ["datasets/*"]},
     python_requires=f">={cfg['min_python']}",
     install_requires=cfg["requirements"].split(),
-    extras_require={"dev": cfg["dev_requirements"].split()},
+    extras_require={"dev": cfg["dev_requirements"].split(), **extras, "all": sorted({r for rs in extras.values() for r in rs})},
     entry_points={
         "console_scripts": cfg["console_scripts"].split(),
         "nbdev": [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"],

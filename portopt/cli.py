@@ -18,8 +18,7 @@ import typer
 
 from .backtest import BENCHMARK, benchmark_name, compare, metrics_table
 from .clean import Frequency, check_missing, clean_prices, fill_gaps, resolve_frequency, returns, to_utc, to_wide, validate_prices
-from .collect.solana import run_collect_job
-from .config import ConfigError, PortoptError
+from .config import ConfigError, PortoptError, missing_extra
 from .data import DATASETS, load_market_caps, load_prices, load_volumes, read_price_file
 from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES, STRATEGIES, Constraints, estimation_window, load_views, optimize
 from .reports import run_report
@@ -628,6 +627,7 @@ ConfigFileOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML fi
                           "and $SOLANA_RPC_URL win over it. Default: built-in coin list, nothing on Solana.")]
 
 def _collect(job: str, config: Path | None, store: Path | None, quiet: bool) -> None:
+    from .collect.solana import run_collect_job   # the [solana] extra (the jobs' config holds both tables)
     with open_store(store) as st:
         report = run_collect_job(job, st, config, trigger="cli", progress=not quiet)
         for b in report.batches:
@@ -809,6 +809,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _EXIT as e:
         return e.exit_code
+    except ImportError as e:   # an optional part whose extra is not installed: name the extra
+        if (extra := missing_extra(e)) is None:
+            typer.echo(f"error: {one_line(f'{type(e).__name__}: {e}', 240)} (unexpected: please report it)", err=True)
+            return 1
+        typer.echo(f"error: {one_line(extra)}", err=True)
+        return 1
     except Exception as e:   # never a traceback: one line (PORTOPT_DEBUG=1 shows the traceback)
         import os
         if os.environ.get("PORTOPT_DEBUG"):

@@ -11,10 +11,10 @@ from importlib.resources import files
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CRYPTO_DAYS_PER_YEAR', 'EQUITY_DAYS_PER_YEAR', 'SECRET_ENV', 'EPOCH_UNITS', 'PortoptError', 'DataError',
-           'ConfigError', 'StoreError', 'ConstraintError', 'OptimizationError', 'ReportError', 'Settings',
-           'get_settings', 'redact_url', 'redact', 'UsageError', 'Limits', 'get_limits', 'one_line', 'nonnegative',
-           'positive', 'positive_int', 'check_years', 'epoch_unit', 'check_calendar', 'parse_date', 'name_list']
+__all__ = ['EXTRAS', 'SECRET_ENV', 'EPOCH_UNITS', 'PortoptError', 'DataError', 'ConfigError', 'StoreError', 'ConstraintError',
+           'OptimizationError', 'ReportError', 'MissingExtra', 'missing_extra', 'Settings', 'get_settings',
+           'redact_url', 'redact', 'UsageError', 'Limits', 'get_limits', 'one_line', 'nonnegative', 'positive',
+           'positive_int', 'check_years', 'epoch_unit', 'check_calendar', 'parse_date', 'name_list']
 
 # %% ../nbs/00_config.ipynb #3715b912
 class PortoptError(Exception):
@@ -39,8 +39,26 @@ class ReportError(PortoptError, RuntimeError):
     "A report notebook failed to execute; the message names the cell's error and the partial output."
 
 # %% ../nbs/00_config.ipynb #5ac1d7af
-CRYPTO_DAYS_PER_YEAR = 365  # crypto markets trade every calendar day
-EQUITY_DAYS_PER_YEAR = 252  # trading days of a US equity year
+EXTRAS = {  # the top-level module an optional part imports -> the extra that installs it (settings.ini)
+    **dict.fromkeys(("papermill", "nbconvert", "nbformat", "nbclient", "ipykernel", "jupyter_client", "apscheduler"), "reports"),
+    **dict.fromkeys(("supabase", "postgrest", "psycopg", "jwt"), "supabase"),
+    **dict.fromkeys(("solana", "solders", "construct", "httpx2"), "solana"),
+    **dict.fromkeys(("dask", "distributed"), "sweep"),
+    "pyscipopt": "mip",
+}
+
+class MissingExtra(ConfigError):
+    "An optional part of portopt whose extra is not installed (`pip install 'portopt[<extra>]'` fixes it)."
+
+def missing_extra(error: ImportError) -> MissingExtra | None:
+    """The `MissingExtra` for an `ImportError` of a module an extra provides (see `EXTRAS`), naming the extra and the
+    command that installs it; `None` for any other module (a real bug, not a missing extra)."""
+    name = (getattr(error, "name", None) or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return None
+    return MissingExtra(f"this needs portopt's [{extra}] extra (module {name!r} is not installed): "
+                        f"pip install 'portopt[{extra}]' (or 'portopt[all]')")
 
 # %% ../nbs/00_config.ipynb #edc9446d
 def _project_reports() -> Path:

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from conftest import FIXTURES, dump
-from portopt.collect.market import (Coin, CollectError, LocalServer, MarketConfig, chart_frame, coingecko_replay,
-                                    collect_market, day_chunks, run_sync)
+from portopt.collect.market import Coin, CollectError, MarketConfig, chart_frame, collect_market, day_chunks, run_sync
+from portopt.testing import LocalServer, coingecko_replay
 from portopt.config import ConfigError, DataError
 from portopt.store import SQLiteStore
 

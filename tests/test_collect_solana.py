@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 
 from conftest import FIXTURES, dump
-from portopt.collect.market import CollectError, LocalServer, run_sync
+from portopt.collect.market import CollectError, run_sync
+from portopt.testing import LocalServer, solana_replay
 from portopt.collect.solana import (KLEND_PROGRAM, MARGINFI_PROGRAM, TOKEN_PROGRAM, SolanaConfig, Wallet, account_data, check_owner,
                                     collect_solana, decode_kamino_reserve, decode_marginfi_bank, decode_price_update_v2,
-                                    decode_pyth_price, load_collect_config, read_account_dump, run_collect_job, solana_replay)
+                                    decode_pyth_price, load_collect_config, read_account_dump, run_collect_job)
 from portopt.config import ConfigError, DataError
 from portopt.store import SQLiteStore
 

@@ -218,7 +218,7 @@ def _grep(paths, *secrets) -> list[str]:
 
 
 def test_a_slow_drip_rpc_node_ends_the_run_within_its_budget_and_no_secret_is_written(tmp_path, cli, store_path):
-    from portopt.collect.market import LocalServer
+    from portopt.testing import LocalServer
     TALLY["tried"] += 1
     config = tmp_path / "collect.toml"
     config.write_text('[solana]\ntoken_supplies = ["EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"]\n'
@@ -242,7 +242,7 @@ def test_a_slow_drip_rpc_node_ends_the_run_within_its_budget_and_no_secret_is_wr
 
 
 def test_a_slow_drip_market_api_ends_the_run_within_its_budget(tmp_path, cli, store_path):
-    from portopt.collect.market import LocalServer
+    from portopt.testing import LocalServer
     TALLY["tried"] += 1
     config = tmp_path / "collect.toml"
     config.write_text('[market]\ncoins = [{id = "solana", asset = "SOL"}]\nstart = "2022-01-01"\nend = "2022-01-31"\n'
@@ -264,7 +264,7 @@ def test_a_slow_drip_market_api_ends_the_run_within_its_budget(tmp_path, cli, st
 
 def test_the_webhook_reaches_the_rebalance_notebook_by_environment_only(tmp_path, cli, store_path):
     "A papermill rebalance with PORTOPT_WEBHOOK set: the token is in no runs row, notebook, HTML or log; run folders are private."
-    from portopt.collect.market import LocalServer
+    from portopt.testing import LocalServer
     TALLY["tried"] += 1
     cli("reallocate", "demo")   # the bundled data and the demo portfolio: a prices event waits in the outbox
     with LocalServer(lambda *a: (500, {}, b"{}")) as hook:   # refuses every alert: its URL would show in errors

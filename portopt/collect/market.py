@@ -9,12 +9,9 @@ import asyncio
 import json
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Annotated, Callable, Optional
-from urllib.parse import parse_qs, urlsplit
+from typing import Annotated, Optional
 
 import httpx
 import numpy as np
@@ -32,7 +29,7 @@ from ..store import Store, WriteResult
 __all__ = ['DEFAULT_COINS', 'PUBLIC_URL', 'PRO_URL', 'KEY_HEADERS', 'SOURCE', 'SPOT_SOURCE', 'Num', 'Point', 'CollectError',
            'Coin', 'coins_by_mint', 'parse_coins', 'MarketConfig', 'MarketChart', 'SpotQuote', 'check_shape',
            'chart_frame', 'spot_frame', 'day_chunks', 'CoinGeckoClient', 'Budget', 'CollectReport', 'last_stored',
-           'collect_market', 'run_sync', 'LocalServer', 'coingecko_replay']
+           'collect_market', 'run_sync']
 
 # %% ../../nbs/10_collect.market.ipynb #6ef300b4
 class CollectError(PortoptError, RuntimeError):
@@ -419,92 +416,3 @@ def run_sync(coro):
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-# %% ../../nbs/10_collect.market.ipynb #5b4d9ed4
-class LocalServer:
-    "A threaded HTTP server on 127.0.0.1 (a free port) that answers with `handler`; use as a context manager."
-
-    def __init__(self, handler: Callable, stall: float = 2.0):
-        self.handler, self.stall = handler, stall
-        self.faults: deque[str] = deque()
-        self.log: list[dict] = []   # every request: method, path, query, headers
-        outer = self
-
-        class _Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _serve(self):
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                url = urlsplit(self.path)
-                outer.log.append(dict(method=self.command, path=url.path, query=parse_qs(url.query), headers=dict(self.headers)))
-                fault = outer.faults.popleft() if outer.faults else None
-                if fault == "drip":   # headers at once, then one byte every `stall` seconds until the client leaves
-                    try:
-                        self.send_response(200)
-                        self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", "100000")
-                        self.end_headers()
-                        for _ in range(100000):
-                            self.wfile.write(b" ")
-                            self.wfile.flush()
-                            time.sleep(outer.stall)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass
-                    return
-                if fault and fault.startswith("429:"):   # a 429 asking to wait that many seconds
-                    status, headers, payload = 429, {"Retry-After": fault[4:]}, b"{}"
-                elif fault == "timeout":
-                    time.sleep(outer.stall)
-                    status, headers, payload = 504, {}, b"{}"
-                elif fault in ("429", "500", "503"):
-                    status, headers, payload = int(fault), ({"Retry-After": "0"} if fault == "429" else {}), b"{}"
-                else:
-                    status, headers, payload = outer.handler(self.command, url.path, parse_qs(url.query), body)
-                    if fault == "malformed":
-                        payload = payload[: max(1, len(payload) // 2)]
-                try:
-                    self.send_response(status)
-                    for k, v in {"Content-Type": "application/json", **headers}.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass   # the client gave up (a timeout test)
-
-            do_GET = do_POST = _serve
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
-
-def coingecko_replay(charts: dict[str, dict], spot: dict) -> Callable:
-    """A `LocalServer` handler answering `/api/v3/coins/{id}/market_chart/range` from full histories `charts`
-    (by coin id, in the API's shape; the points between `from` and `to` are served) and `/api/v3/simple/price` from `spot`."""
-    def handler(method, path, query, body):
-        parts = path.strip("/").split("/")
-        if parts[-2:] == ["market_chart", "range"] and parts[-3] in charts:
-            lo, hi = int(query["from"][0]) * 1000, int(query["to"][0]) * 1000
-            chart = {k: [p for p in v if lo <= p[0] <= hi] for k, v in charts[parts[-3]].items()}
-            return 200, {}, json.dumps(chart).encode()
-        if parts[-2:] == ["simple", "price"]:
-            ids = query.get("ids", [""])[0].split(",")
-            return 200, {}, json.dumps({i: spot[i] for i in ids if i in spot}).encode()
-        return 404, {}, json.dumps({"error": "coin not found"}).encode()
-    return handler

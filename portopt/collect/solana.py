@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..clean import to_utc
 from ..config import ConfigError, DataError, redact
 from .market import (DEFAULT_COINS, Budget, Coin, CollectError, CollectReport, MarketConfig, collect_market,
-                                    coins_by_mint, parse_coins, run_sync, LocalServer)
+                                    coins_by_mint, parse_coins, run_sync)
 from ..store import Store, open_store
 
 # %% auto #0
@@ -41,8 +41,8 @@ __all__ = ['KLEND_PROGRAM', 'MARGINFI_PROGRAM', 'PYTH_ORACLE_PROGRAM', 'PYTH_REC
            'PYTH_LEGACY_PRICE', 'PRICE_UPDATE_SIZES', 'JOBS', 'anchor_discriminator', 'check_owner', 'LendingPool',
            'apr_to_apy', 'decode_kamino_reserve', 'decode_marginfi_bank', 'OraclePrice', 'decode_pyth_price',
            'decode_price_update_v2', 'account_data', 'read_account_dump', 'explain_rpc_answer', 'SolanaRpc',
-           'wallet_holdings', 'token_supply', 'Wallet', 'SolanaConfig', 'collect_solana', 'solana_replay',
-           'load_collect_config', 'run_collect_job']
+           'wallet_holdings', 'token_supply', 'Wallet', 'SolanaConfig', 'collect_solana', 'load_collect_config',
+           'run_collect_job']
 
 # %% ../../nbs/11_collect.solana.ipynb #559033d7
 KLEND_PROGRAM = "KLend2g3cP87fffoy8q1mQqGKjrxjC8boSyAYavgmjD"       # Kamino Lend
@@ -612,34 +612,6 @@ async def collect_solana(store: Store, config: SolanaConfig, now=None, progress:
             report.add("token supply", "solana:supply", store.write_market_metrics(pd.DataFrame(fresh), "solana:supply"))
     report.skipped += skipped
     return report
-
-# %% ../../nbs/11_collect.solana.ipynb #cc73e33a
-def solana_replay(accounts: dict[str, dict], recorded: dict, slot: int = 1) -> Callable:
-    "A JSON-RPC handler for `LocalServer` replaying `accounts` (dumps by address) and `recorded` answers (by method)."
-    def answer(req):
-        method, params = req.get("method"), req.get("params") or []
-        if method == "getMultipleAccounts":
-            return {"jsonrpc": "2.0", "id": req.get("id"),
-                    "result": {"context": {"slot": slot}, "value": [accounts.get(a) for a in params[0]]}}
-        if method == "getAccountInfo":
-            return {"jsonrpc": "2.0", "id": req.get("id"), "result": {"context": {"slot": slot}, "value": accounts.get(params[0])}}
-        program = params[1].get("programId") if len(params) > 1 and isinstance(params[1], dict) else None
-        keys = [(method, params[0] if params else None, program), (method, params[0] if params else None), method]
-        key = next((k for k in keys if k in recorded), None)
-        if key is None:
-            return {"jsonrpc": "2.0", "id": req.get("id"), "error": {"code": -32601, "message": f"Method not found: {method}"}}
-        rec = recorded[key]
-        if isinstance(rec, (bytes, str)):   # a raw answer, served as recorded (bad-answer tests)
-            return rec
-        return {**rec, "id": req.get("id")}
-
-    def handler(method, path, query, body):
-        req = json.loads(body)
-        out = [answer(r) for r in req] if isinstance(req, list) else answer(req)
-        if isinstance(out, (bytes, str)):
-            return 200, {}, out if isinstance(out, bytes) else out.encode()
-        return 200, {}, json.dumps(out).encode()
-    return handler
 
 # %% ../../nbs/11_collect.solana.ipynb #34378fe0
 try:
