@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--assets", type=int, default=500)
     args = ap.parse_args()
-    from portopt.data import import_prices
+    from portopt.imports import import_prices
     from portopt.store import SQLiteStore
 
     with tempfile.TemporaryDirectory() as d:

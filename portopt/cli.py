@@ -22,7 +22,8 @@ from .config import ConfigError, PortoptError, missing_extra
 from .data import DATASETS, load_market_caps, load_prices, load_volumes, read_price_file
 from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES, STRATEGIES, Constraints, estimation_window, load_views, optimize
 from .reports import run_report
-from .store import open_store, read_prices_from
+from .store import read_prices_from
+from .stores import open_store
 
 # %% auto #0
 __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt',
@@ -376,7 +377,8 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
             typer.echo(f"excluded in {k}: " + "; ".join(f"{a} {w}" for a, w in ex.items()))
 
 # %% ../nbs/90_cli.ipynb #3b41483d
-from .data import LAYOUTS, frequency_label, import_files, import_prices, why_not_streamed
+from .data import LAYOUTS, frequency_label, import_files
+from .imports import import_prices, why_not_streamed
 
 IMPORT_HELP = ("Validate price files of the known layouts and load them all into the store in one transaction (re-importing "
                "changes nothing). Layouts: " + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()))

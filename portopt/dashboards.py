@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from .config import get_settings
-from .store import SQLiteStore, Store, open_store
+from .store import SQLiteStore, Store
+from .stores import open_store
 
 # %% auto #0
 __all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'LIVE_CHARTS', 'PALETTE', 'TEMPLATE', 'open_for_reading',

@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import ConfigError, ReportError, get_settings, redact
-from .store import ClaimLost, Store, open_store
+from .store import ClaimLost, Store
+from .stores import open_store
 
 # %% auto #0
 __all__ = ['ReportRun', 'kernel_arguments', 'report_names', 'export_html', 'run_report']

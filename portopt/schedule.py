@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError, PortoptError, redact
-from .store import Store, open_store
+from .store import Store
+from .stores import open_store
 
 log = logging.getLogger("portopt.schedule")
 

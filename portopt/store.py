@@ -25,8 +25,8 @@ from .data import dataset_info, load_dataset
 # %% auto #0
 __all__ = ['SCHEMA_V1', 'MIGRATIONS', 'SCHEMA_VERSION', 'TABLES', 'utc_now', 'to_iso', 'content_id', 'optimization_id',
            'reallocation_id', 'one_portfolio', 'to_json', 'WriteResult', 'ClaimLost', 'Claim', 'Store',
-           'validate_metrics', 'validate_units', 'SQLiteStore', 'open_store', 'ensure_dataset', 'source_names',
-           'read_prices_from', 'PendingWrites', 'apply_writes']
+           'validate_metrics', 'validate_units', 'SQLiteStore', 'ensure_dataset', 'source_names', 'read_prices_from',
+           'PendingWrites', 'apply_writes']
 
 # %% ../nbs/03_store.ipynb #c7611468
 SCHEMA_V1 = """
@@ -1182,17 +1182,6 @@ class SQLiteStore(Store):
 
 
 # %% ../nbs/03_store.ipynb #4e841e9e
-def open_store(path=None) -> Store:
-    """The configured store. `path`: a SQLite file, or a Supabase URL (`http(s)://...`, the key from the environment).
-    Without `path`: `SupabaseStore` when `SUPABASE_URL` is set (with `SUPABASE_SERVICE_ROLE_KEY`, `SUPABASE_KEY` or
-    `SUPABASE_ANON_KEY`), else `SQLiteStore(PORTOPT_STORE or data/portopt.sqlite)`."""
-    import os
-    target = None if path is None else str(path)
-    if (target or "").startswith(("http://", "https://")) or (target is None and os.environ.get("SUPABASE_URL")):
-        from portopt.supabase import SupabaseStore  # imported here: portopt.supabase builds on this module
-        return SupabaseStore(url=target)
-    return SQLiteStore(path)
-
 def ensure_dataset(store: Store, name: str = "coingecko-daily") -> WriteResult | None:
     "Write bundled dataset `name` into `store` under source `dataset:<name>` if absent; `None` when it was there."
     dataset_info(name)

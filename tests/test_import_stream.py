@@ -1,4 +1,4 @@
-"""The streamed import (`portopt.data.import_prices`): a file of many pieces (a small `piece_bytes`) stores exactly
+"""The streamed import (`portopt.imports.import_prices`): a file of many pieces (a small `piece_bytes`) stores exactly
 what the whole-file path stores; an anomaly at a piece boundary is refused with the whole-file path's message and
 the store unchanged; a re-import writes nothing; the store's bars are still checked."""
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 from conftest import dump
 
 from portopt.clean import DataError
-from portopt.data import check_stored_bars, import_files, import_prices
+from portopt.data import import_files
+from portopt.imports import check_stored_bars, import_prices
 from portopt.store import SQLiteStore, WriteResult
 
 PIECE = 4096   # bytes: a 30,000-row file is ~150 pieces, and an asset of 1,000 rows spans several

@@ -8,7 +8,8 @@ import psycopg
 import pytest
 
 from portopt.config import StoreError
-from portopt.store import TABLES, SQLiteStore, open_store
+from portopt.store import TABLES, SQLiteStore
+from portopt.stores import open_store
 from portopt.supabase import SupabaseStore
 
 ALICE, BOB = str(uuid.uuid4()), str(uuid.uuid4())

@@ -31,7 +31,8 @@ from ..clean import to_utc
 from ..config import ConfigError, DataError, redact
 from .market import (DEFAULT_COINS, Budget, Coin, CollectError, CollectReport, MarketConfig, collect_market,
                                     coins_by_mint, parse_coins, run_sync)
-from ..store import Store, open_store
+from ..store import Store
+from ..stores import open_store
 
 # %% auto #0
 __all__ = ['KLEND_PROGRAM', 'MARGINFI_PROGRAM', 'PYTH_ORACLE_PROGRAM', 'PYTH_RECEIVER_PROGRAM', 'TOKEN_PROGRAM',
