@@ -80,7 +80,7 @@ DatasetOpt = Annotated[Optional[str], typer.Option(help=f"A bundled dataset: {',
 PricesOpt = Annotated[Optional[Path], typer.Option("--prices", help="Your price file (CoinGecko, long OHLCV or wide; CSV or Parquet).")]
 AssetsOpt = Annotated[Optional[str], typer.Option(callback=_checked(name_list, "--assets"), help="Comma-separated assets to use (default: all in the data).")]
 StrategyOpt = Annotated[str, typer.Option(callback=_one_of(STRATEGIES, "--strategy"), help=f"One of: {', '.join(STRATEGIES)}.")]
-AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", callback=_checked(parse_date, "--as-of"), help="Use only data stamped at or before this UTC date.")]
+AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", callback=_checked(parse_date, "--as-of"), help="What was known then (a UTC date or time): prices stamped at or before it, from the store each in the version recorded by then (a later revision is not seen).")]
 PPYOpt = Annotated[Optional[int], typer.Option(callback=_checked(positive_int, "--periods-per-year"), help="Periods per year for annualizing (8760 hourly 24/7, 365 daily 24/7, 252 weekday sessions, 52, 12); default: inferred from the data and printed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
@@ -155,7 +155,7 @@ def _from_sources(names: list[str], assets: list[str] | None, as_of, store) -> t
         if unknown:
             raise ConfigError(f"no prices from source(s) {unknown} in the store {st.path}; stored sources: {known or 'none'} "
                               "(portopt import FILE --source NAME adds one)")
-        wide = read_prices_from(st, assets, names, end=as_of)   # the first named source wins where both have a price
+        wide = read_prices_from(st, assets, names, as_of=as_of)   # the first named source wins where both have a price; as known at as_of
     used = wide.attrs["sources"]
     if assets:
         absent = [a for a in assets if a not in wide.columns]

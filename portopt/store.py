@@ -175,6 +175,17 @@ CREATE VIEW prices AS SELECT a.asset AS asset, strftime('%Y-%m-%dT%H:%M:%SZ', b.
     # only by the listener that still holds it (`finish_run(..., claim=)`), so a listener whose lease was taken over
     # never marks the run, and on SQLite its results roll back with it
     (6, "ALTER TABLE runs ADD COLUMN claim TEXT"),
+    # 7: what was known when (issue 15): a price that changes keeps its superseded version in `price_revisions` (with
+    # when it was recorded and when it was superseded), so `read_prices(as_of=)` answers with what was known then
+    (7, """CREATE TABLE price_revisions (
+    asset_id INTEGER NOT NULL, ts INTEGER NOT NULL, source_id INTEGER NOT NULL,
+    open REAL, high REAL, low REAL, close REAL NOT NULL, volume REAL, market_cap REAL,
+    recorded_at INTEGER NOT NULL, superseded_at INTEGER NOT NULL,
+    PRIMARY KEY (asset_id, ts, source_id, recorded_at)) WITHOUT ROWID;
+CREATE TRIGGER price_bars_revised BEFORE UPDATE ON price_bars BEGIN
+    INSERT OR REPLACE INTO price_revisions VALUES (OLD.asset_id, OLD.ts, OLD.source_id, OLD.open, OLD.high, OLD.low,
+        OLD.close, OLD.volume, OLD.market_cap, OLD.recorded_at, NEW.recorded_at);
+END"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 TABLES = ("assets", "prices", "market_metrics", "portfolios", "holdings", "optimizations",
@@ -295,9 +306,11 @@ class Store(ABC):
     @abstractmethod
     def read_prices(self, assets=None, start=None, end=None, as_of=None, field: str = "close",
                     source: str | None = None) -> pd.DataFrame:
-        """A wide frame of `field`: UTC `DatetimeIndex` × assets. `start`/`end` are inclusive; `as_of`
-        keeps observations stamped at or before it. With several sources for one asset and time and
-        no `source` named, the most recently recorded row wins."""
+        """A wide frame of `field`: UTC `DatetimeIndex` × assets. `start`/`end` are inclusive. `as_of` is what was
+        known then: observations stamped at or before it, each in the version recorded at or before it (a revision
+        recorded later is not seen); an observation first recorded after `as_of` (history loaded later) is seen in
+        its first recorded version. With several sources for one asset and time and no `source` named, the most
+        recently recorded row wins."""
 
     @abstractmethod
     def price_coverage(self) -> pd.DataFrame:
@@ -586,6 +599,17 @@ def _epoch_seconds(ts: pd.Series) -> np.ndarray:
     "UTC timestamps as `price_bars.ts`, vectorized: int64 epoch seconds (the fraction dropped, as `to_iso` does)."
     return ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)
 
+def _sql_statements(script: str) -> list[str]:
+    "The statements of a migration script, split at the `;` that end them (a trigger's body keeps its own)."
+    out, buf = [], ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
+
 def _micros(stamp: str) -> int:
     "A `utc_now()` text as `price_bars.recorded_at`: epoch microseconds (the view shows the same text again)."
     return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()) * 10**6 + int(stamp[20:26])
@@ -616,9 +640,10 @@ def _price_parameters(asset_id: np.ndarray, ts: np.ndarray, long: pd.DataFrame) 
                 block[nan, j] = None
         yield block
 
-def _write_price_statement(conn: sqlite3.Connection, sql: str, params: list) -> None:
-    "Run one bulk upsert statement (the unit a crash can interrupt: the transaction around it decides)."
-    conn.execute(sql, params)
+def _write_price_statement(conn: sqlite3.Connection, sql: str, params: list) -> int:
+    """Run one bulk upsert statement (the unit a crash can interrupt: the transaction around it decides); returns the
+    rows it inserted or changed (SQLite's `changes()`: the revisions its trigger keeps are not counted)."""
+    return conn.execute(sql, params).rowcount
 
 def _statements(asset_id: np.ndarray, ts: np.ndarray, long: pd.DataFrame, source_id: int, recorded: int) -> "Iterator[tuple]":
     "`(sql, parameters)` of the bulk upserts, `_PRICE_ROWS_PER_STATEMENT` rows each."
@@ -676,10 +701,9 @@ def _upsert_prices(conn: sqlite3.Connection, long: pd.DataFrame, source: str, no
         asset_id, ts, long = asset_id[order], ts[order], long.iloc[order]
     span = "SELECT count(*) FROM price_bars WHERE asset_id IN (SELECT value FROM json_each(?)) AND ts BETWEEN ? AND ? AND source_id = ?"
     args = (json.dumps(sorted(ids.values())), int(ts.min()), int(ts.max()), source_id)
-    before, changes0 = conn.execute(span, args).fetchone()[0], conn.total_changes
-    for sql, params in _prefetched(_statements(asset_id, ts, long, source_id, _micros(now))):
-        _write_price_statement(conn, sql, params)
-    changed = conn.total_changes - changes0
+    before = conn.execute(span, args).fetchone()[0]
+    changed = sum(_write_price_statement(conn, sql, params)
+                  for sql, params in _prefetched(_statements(asset_id, ts, long, source_id, _micros(now))))
     inserted = changed if before == 0 else 0 if changed == 0 else conn.execute(span, args).fetchone()[0] - before
     return WriteResult(inserted, changed - inserted, len(long) - changed)
 
@@ -750,7 +774,7 @@ class SQLiteStore(Store):
             if version <= current:
                 continue
             with self._transaction():
-                for statement in filter(str.strip, sql.split(";")):
+                for statement in _sql_statements(sql):
                     self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version = {version}")
         return self.schema_version
@@ -823,21 +847,32 @@ class SQLiteStore(Store):
     def read_prices(self, assets=None, start=None, end=None, as_of=None, field="close", source=None):
         if field not in LONG_COLUMNS[2:]:
             raise ConfigError(f"unknown field {field!r}; choose one of {list(LONG_COLUMNS[2:])}")
-        where, args = [], []
+        where, args = [], []   # on the columns price_bars and price_revisions share
         if assets is not None:
             assets = list(assets)
-            where.append(f"b.asset_id IN (SELECT id FROM price_assets WHERE asset IN ({','.join('?' * len(assets))}))"); args += assets
+            where.append(f"asset_id IN (SELECT id FROM price_assets WHERE asset IN ({','.join('?' * len(assets))}))"); args += assets
         else:  # every asset: seek the key (asset_id, ts) per asset rather than scan the table for a time range
-            where.append("b.asset_id IN (SELECT id FROM price_assets)")
-        for clause, value in (("b.ts >= ?", start), ("b.ts <= ?", end), ("b.ts <= ?", as_of)):
+            where.append("asset_id IN (SELECT id FROM price_assets)")
+        for clause, value in (("ts >= ?", start), ("ts <= ?", end), ("ts <= ?", as_of)):
             if value is not None:
                 where.append(clause); args.append(_epoch(value))
         if source is not None:
-            where.append("s.source = ?"); args.append(source)
-        sql = f"""SELECT w.ts AS timestamp, a.asset AS asset, w.{field} AS {field} FROM (
-                    SELECT b.asset_id, b.ts, b.{field}, ROW_NUMBER() OVER (
-                        PARTITION BY b.asset_id, b.ts ORDER BY b.recorded_at DESC, s.source) AS k
-                    FROM price_bars b JOIN price_sources s ON s.id = b.source_id WHERE {' AND '.join(where)}) w
+            where.append("source_id IN (SELECT id FROM price_sources WHERE source = ?)"); args.append(source)
+        cond = " AND ".join(where)
+        rows = f"SELECT asset_id, ts, source_id, {field} AS v, recorded_at FROM price_bars WHERE {cond}"
+        if as_of is not None:   # each observation in the version known at as_of, else its first recorded one
+            known = to_utc(as_of).value // 1000   # recorded_at: epoch microseconds
+            rows = f"""SELECT asset_id, ts, source_id, v, recorded_at FROM (
+                         SELECT *, ROW_NUMBER() OVER (PARTITION BY asset_id, ts, source_id ORDER BY recorded_at <= ? DESC,
+                                CASE WHEN recorded_at <= ? THEN recorded_at END DESC, recorded_at) AS kv
+                         FROM ({rows} UNION ALL
+                               SELECT asset_id, ts, source_id, {field}, recorded_at FROM price_revisions WHERE {cond}))
+                       WHERE kv = 1"""
+            args = [known, known, *args, *args]
+        sql = f"""SELECT w.ts AS timestamp, a.asset AS asset, w.v AS {field} FROM (
+                    SELECT r.asset_id, r.ts, r.v, ROW_NUMBER() OVER (
+                        PARTITION BY r.asset_id, r.ts ORDER BY r.recorded_at DESC, s.source) AS k
+                    FROM ({rows}) r JOIN price_sources s ON s.id = r.source_id) w
                   JOIN price_assets a ON a.id = w.asset_id WHERE w.k = 1"""
         long = pd.read_sql_query(sql, self.conn, params=args)
         if long.empty:

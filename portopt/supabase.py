@@ -181,7 +181,8 @@ class SupabaseStore(Store):
             raise ConfigError(f"unknown field {field!r}; choose one of {list(LONG_COLUMNS[2:])}")
         assets = None if assets is None else list(assets)
         params = {"assets": assets, "start": None if start is None else to_iso(start),
-                  "end": None if end is None else to_iso(end), "as_of": None if as_of is None else to_iso(as_of),
+                  "end": None if end is None else to_iso(end),
+                  "as_of": None if as_of is None else to_utc(as_of).isoformat(),   # to the microsecond: what was known then
                   "source": source}
         rows = self._pages(lambda: self.client.rpc("get_historical_data", params), "get_historical_data()")
         if not rows:

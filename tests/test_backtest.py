@@ -290,3 +290,29 @@ def test_summary_has_intervals_around_the_estimates(prices):
     assert s["sharpe_low"] < s["sharpe"] < s["sharpe_high"]
     assert s["annualized_return_low"] < s["annualized_return"] < s["annualized_return_high"]
     assert 0 <= s["dsr"] < s["psr"] <= 1 and s["n_trials"] == 10
+
+
+def test_a_backtest_as_of_a_time_cannot_see_a_later_revision(cli, store_path):
+    """`portopt backtest --as-of T` reads the store as it was known at T (issue 15): a close revised after T changes the
+    backtest without --as-of, and leaves the one as of T identical to the backtest run before the revision."""
+    import json
+    import time
+    from portopt.store import SQLiteStore, ensure_dataset
+    with SQLiteStore(store_path) as st:
+        ensure_dataset(st)
+        day = pd.Timestamp("2022-03-15", tz="UTC")
+        btc = st.read_prices(["BTC"], start=day, end=day)["BTC"].iloc[0]
+    time.sleep(0.05); known = pd.Timestamp.now(tz="UTC"); time.sleep(0.05)
+    args = ("backtest", "--source", "dataset:coingecko-daily", "--assets", "BTC,ETH,SOL,USDC", "--strategy", "hrp",
+            "--window", "60", "--rebalance-every", "14", "--start", "2022-01-01", "--no-save", "--json")
+    def nav(*extra):
+        out = json.loads(cli(*args, *extra).stdout)
+        assert out["strategy"] == "hrp"
+        return pd.Series(out["nav"])
+    before = nav("--as-of", known.isoformat())
+    with SQLiteStore(store_path) as st:   # a revision recorded after `known`: BTC's close of that day doubled
+        frame = pd.DataFrame({"timestamp": [day], "asset": ["BTC"], "close": [btc * 2]})
+        assert st.write_prices(frame, "dataset:coingecko-daily").updated == 1
+    assert nav("--as-of", known.isoformat()).equals(before)          # as of then: the revision is not seen
+    after = nav()
+    assert not np.allclose(after.to_numpy(), before.to_numpy())        # without --as-of: it is

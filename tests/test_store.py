@@ -9,7 +9,7 @@ from conftest import FIXTURES
 
 from portopt.config import StoreError
 from portopt.data import read_price_file
-from portopt.store import SCHEMA_VERSION, TABLES, SQLiteStore, ensure_dataset
+from portopt.store import SCHEMA_VERSION, TABLES, SQLiteStore, WriteResult, ensure_dataset
 
 
 def test_schema_has_the_design_tables_and_refuses_a_newer_store(store_path):
@@ -50,6 +50,29 @@ def test_as_of_reads_only_what_was_stamped_by_then(store):
     assert p.index.max() == pd.Timestamp("2021-06-30", tz="UTC")
     later = st.read_prices(["BTC"], start="2021-06-01", end="2021-06-30")
     pd.testing.assert_series_equal(later["BTC"], p.loc["2021-06-01":, "BTC"])
+
+
+def test_as_of_is_what_was_known_then_and_never_a_later_revision(store):
+    "Bitemporal reads (issue 15): a revised close is seen only by reads as of a time after the revision was recorded."
+    import time
+    st = store
+    long, _ = read_price_file(FIXTURES / "sol-usd-max.csv")   # real CoinGecko SOL history
+    st.write_prices(long, "coingecko")
+    time.sleep(0.05); first_known = pd.Timestamp.now(tz="UTC"); time.sleep(0.05)
+    day, close = long["timestamp"].iloc[100], float(long["close"].iloc[100])
+    revised = long.assign(close=long["close"].where(long["timestamp"] != day, close * 2))
+    assert st.write_prices(revised, "coingecko") == WriteResult(0, 1, len(long) - 1)   # the revision is not counted twice
+    time.sleep(0.05); second_known = pd.Timestamp.now(tz="UTC"); time.sleep(0.05)
+    assert st.write_prices(revised.assign(close=revised["close"].where(long["timestamp"] != day, close * 3)),
+                           "coingecko").updated == 1
+    latest, then, middle = (st.read_prices(["SOL"], as_of=t)["SOL"] for t in (None, first_known, second_known))
+    assert (latest[day], then[day], middle[day]) == (close * 3, close, close * 2)
+    assert st.read_prices(["SOL"])["SOL"][day] == close * 3                  # no as_of: the latest version
+    pd.testing.assert_series_equal(then.drop(day), latest.drop(day))         # nothing else moved
+    # history first recorded after as_of (loaded later): its first recorded version, cut at as_of
+    early = pd.Timestamp(long["timestamp"].iloc[150])
+    before = st.read_prices(["SOL"], as_of=early)["SOL"]
+    assert before.index.max() == early and before[day] == close and len(before) == 151
 
 
 def test_latest_recorded_source_wins_unless_a_source_is_named(store):
@@ -353,7 +376,7 @@ def test_a_version_5_store_with_units_is_migrated_to_claim_tokens(store_path):
     conn.execute("PRAGMA user_version = 5")
     conn.close()
     with SQLiteStore(store_path) as st:
-        assert st.schema_version == SCHEMA_VERSION == 6
+        assert st.schema_version == SCHEMA_VERSION >= 6
         units = st.read_units().set_index("unit")
         assert units.loc["u1", "status"] == "running" and units.loc["u2", "status"] == "succeeded" and units["claim"].isna().all()
         with pytest.raises(ClaimLost):          # a pre-6 claim holds no token: a token-checked finish is refused
