@@ -95,10 +95,11 @@ def test_import_killed_half_way_leaves_the_store_as_before(cli, store_path, tmp_
         written = []
 
         def dying(conn, sql, params):
-            conn.execute(sql, params)                     # statements of 4,000 rows are written ...
+            changed = conn.execute(sql, params).rowcount  # statements of 4,000 rows are written ...
             written.append(1)
             if len(written) == 5:                         # ... 20,000 rows, then the process dies inside the transaction
                 os.kill(os.getpid(), signal.SIGKILL)
+            return changed
 
         store._write_price_statement = dying
         frame, _ = read_price_file({str(STOCKS)!r})
