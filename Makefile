@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help install system-deps check-sync run test bench dashboard lab export clean-nbs check-nbdev supabase-install supabase-up supabase-down supabase-env
+.PHONY: help install system-deps check-sync run test bench bench-sweep dashboard lab export clean-nbs check-nbdev supabase-install supabase-up supabase-down supabase-env
 
 # The environment is up to date when its stamp is newer than the files that say what to install:
 # `make run` and `make test` build it on a fresh clone (`make install` forces it).
@@ -50,6 +50,9 @@ test: $(STAMP)  ## the whole suite: notebooks and package agree, nbdev_test over
 bench:  ## benchmarks: the walk-forward optimizations (riskfolio-lib, skfolio, portopt's fast path), then the backtest engine against skfolio (a few minutes)
 	$(BIN)/python bench/walkforward.py
 	$(BIN)/python bench/backtest.py
+
+bench-sweep:  ## sweep throughput on the bundled crypto data: 240 backtests on 1 and 2 Dask workers, and skfolio (about 10 minutes; --quick: 1)
+	$(BIN)/python bench/sweep.py
 
 dashboard:  ## serve reports/ as read-only Voila apps on http://127.0.0.1:8866 (the overview: /voila/render/dashboard.ipynb), the overview kept live
 	$(BIN)/python -m portopt.dashboards --port 8866

@@ -17,7 +17,7 @@ from .clean import check_missing, fill_gaps, resolve_frequency, to_utc
 from .config import ConfigError, ConstraintError, DataError, OptimizationError
 from .metrics import (bootstrap_interval, deflated_sharpe_ratio, drawdowns, performance,
                              probabilistic_sharpe_ratio, rolling_sharpe)
-from .optimize import STRATEGIES, missing_reasons, optimize
+from .optimize import NO_EXCESS_SOLVER, STRATEGIES, _day, missing_reason, optimize
 from .reallocate import square_root_impact
 from .walkforward import FAST_STRATEGIES, FastOptimizer, one_blas_thread
 
@@ -167,7 +167,8 @@ class BacktestResult:
     `trades`: one row per asset traded (timestamp, asset, weight_before, weight_after, value in quote currency,
     reason). `log`: one row per decision that is not a plain trade (timestamp, event, detail): a failed
     optimization and what was done instead, a scheduled rebalance skipped inside the band, a circuit-breaker
-    exit or re-entry."""
+    exit or re-entry, a decision answered by another formulation or solver than the strategy's first ("formulation":
+    which one and why, e.g. the closed form of `max_sharpe` when no asset beats the risk-free rate)."""
     strategy: str
     config: dict
     returns: pd.Series
@@ -182,6 +183,12 @@ class BacktestResult:
     log: pd.DataFrame | None = None
 
     @property
+    def formulations(self) -> int:
+        """The number of decisions whose weights did not come from the strategy's first program and solver: `log` rows
+        "formulation", e.g. `max_sharpe`'s closed form when no asset beats the risk-free rate, another solver, the frontier search."""
+        return int((self.log["event"] == "formulation").sum()) if self.log is not None and len(self.log) else 0
+
+    @property
     def failures(self) -> pd.DataFrame:
         "The rows of `log` for failed optimizations."
         return self.log[self.log["event"] == "optimization_failed"] if self.log is not None else pd.DataFrame()
@@ -191,13 +198,14 @@ class BacktestResult:
         number of trades, mean turnover of the rebalancing trades (the first trade, which buys the initial portfolio
         from cash, is not a rebalance: a strategy that never rebalances has 0), and total costs and impact (sums of
         per-trade fractions of value, the initial purchase included),
-        the number of failed optimizations and the probabilistic Sharpe ratio (per-period Sharpe > 0)."""
+        the number of failed optimizations, `formulations` (decisions answered by another formulation or solver, see
+        `formulations`) and the probabilistic Sharpe ratio (per-period Sharpe > 0)."""
         m = performance(self.returns, periods_per_year=self.periods_per_year,
                         risk_free_rate=self.config.get("risk_free_rate", 0.0), benchmark=benchmark)
         return dict(m, rebalances=len(self.weights), mean_turnover=float(self.turnover.iloc[1:].mean()) if len(self.turnover) > 1 else 0.0,
                     total_costs=float(self.costs.sum()),
                     total_impact=float(self.impact.sum()) if self.impact is not None and len(self.impact) else 0.0,
-                    failures=int(len(self.failures)), psr=probabilistic_sharpe_ratio(self.returns))
+                    failures=int(len(self.failures)), formulations=self.formulations, psr=probabilistic_sharpe_ratio(self.returns))
 
     def intervals(self, level: float = 0.95, reps: int = 1000, seed: int = 0) -> dict:
         """Stationary-block-bootstrap confidence intervals (`portopt.metrics.bootstrap_interval`, arch) at `level`
@@ -324,6 +332,7 @@ def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int |
     cash_j = assets.index(cash) if cash is not None else None
     risky = [a for a in assets if a != cash]
     risky_j = np.array([assets.index(a) for a in risky])
+    risky_names, universes = np.array(risky, dtype=object), {}  # the labels of each set of kept assets, built once per set
     first = cfg.window if cfg.start is None else max(cfg.window, int(r.index.searchsorted(to_utc(cfg.start))))
     if first >= len(r):
         raise ConfigError(f"no period to trade: {len(r)} periods of returns, a window of {cfg.window}"
@@ -351,8 +360,8 @@ def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int |
         recent = Rrisky[i - cfg.window:i]
         keep = ~np.isnan(recent).any(axis=0)
         if not keep.all():  # never silent: who is left out of this decision, and why
-            why = missing_reasons(pd.DataFrame(recent[:, ~keep], index=r.index[i - cfg.window:i], columns=pd.Index(risky)[~keep]))
-            detail = "; ".join(f"{a}: {w}" for a, w in why.items())
+            end, counts = _day(r.index[i - 1]), np.isnan(recent[:, ~keep]).sum(axis=0)
+            detail = "; ".join(f"{a}: {missing_reason(k, cfg.window, end)}" for a, k in zip(risky_names[~keep], counts))
             if cfg.missing == "raise":
                 raise DataError(f"missing returns (missing='raise') before {t:%Y-%m-%d}: {detail}")
             log.append(dict(timestamp=t, event="excluded", detail=detail))
@@ -362,8 +371,11 @@ def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int |
         if cfg.expanding:  # every period since all the kept assets trade
             gaps = np.flatnonzero(np.isnan(Rrisky[:i][:, keep]).any(axis=1))
             lo = int(gaps[-1]) + 1 if len(gaps) else 0
-        block = Rrisky[lo:i][:, keep]
-        cols = pd.Index(risky)[keep]
+        block = Rrisky[lo:i] if keep.all() else Rrisky[lo:i][:, keep]
+        key = keep.tobytes()
+        cols = universes.get(key)
+        if cols is None:
+            cols = universes[key] = risky_names[keep]
         w = np.zeros(m)
         if strategy in ("equal_weight", "buy_and_hold"):
             w[risky_j[keep]] = 1.0 / keep.sum()
@@ -371,13 +383,20 @@ def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int |
             mc = _market_cap_weights(market_caps, t, list(cols))
             w[[assets.index(a) for a in mc.index]] = mc.to_numpy()
         elif opt is not None:
-            res = opt._solve(block, cols, r.index[lo:i])
-            w[[assets.index(a) for a in res.weights.index]] = res.weights.to_numpy()
+            wk, solver, attempts = opt._solve_array(block, cols, lambda: r.index[lo:i])
+            w[risky_j[keep]] = wk
+            if solver == NO_EXCESS_SOLVER or solver.startswith("optimize") or len(attempts) > 1:  # never silent
+                log.append(dict(timestamp=t, event="formulation", detail=f"{solver}; " + "; ".join(
+                    f"{a['solver']}: {a['outcome']}" for a in attempts)[:500]))
         else:
             alloc = optimize(pd.DataFrame(block, index=r.index[lo:i], columns=cols), strategy, periods_per_year=periods_per_year,
                              risk_free_rate=cfg.risk_free_rate, alpha=cfg.alpha, **(cfg.params or {}))
             wa = alloc.weights.reindex(cols).fillna(0.0)
             w[[assets.index(a) for a in cols]] = wa.to_numpy()
+            d = alloc.diagnostics
+            if d["solver"] == NO_EXCESS_SOLVER or d["solver"] == "frontier search" or len(d["attempts"]) > 1:  # never silent
+                log.append(dict(timestamp=t, event="formulation", detail=f"{d['solver']}; " + "; ".join(
+                    f"{a['solver']}: {a['outcome']}" for a in d["attempts"])[:500]))
         return _cap(w, cfg.max_weight, cash_j) if cfg.max_weight is not None else w
 
     def equal_weight(i: int) -> np.ndarray:
@@ -398,7 +417,8 @@ def walk_forward(prices: pd.DataFrame, strategy: str, *, periods_per_year: int |
     bar = tqdm(total=n - first, desc=f"{strategy} walk-forward", disable=not progress, leave=False, mininterval=0.5)
     with one_blas_thread():
         for k, i in enumerate(range(first, n)):
-            t = r.index[i]
+            # the timestamp (a pandas object, ~10 µs to make) only for periods that may trade or log
+            t = r.index[i] if scheduled[i] or cfg.band is not None or cfg.drawdown_limit is not None else None
             new, reason = None, None
             if cfg.drawdown_limit is not None and in_cash_since is None and value / peak - 1 <= -cfg.drawdown_limit:
                 new, reason, in_cash_since = np.eye(m)[cash_j], "circuit_breaker", i

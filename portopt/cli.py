@@ -375,6 +375,10 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
     for k, ex in excluded.items():
         if ex:
             typer.echo(f"excluded in {k}: " + "; ".join(f"{a} {w}" for a, w in ex.items()))
+    for k, v in results.items():  # e.g. max_sharpe's closed form when no asset beats the risk-free rate: said, never silent
+        if v.formulations:
+            first = v.log.loc[v.log["event"] == "formulation", "detail"].iloc[0]
+            typer.echo(f"formulation in {k}: {v.formulations} decision(s) not from the strategy's program; the first: {first[:200]}")
 
 # %% ../nbs/90_cli.ipynb #3b41483d
 from .data import LAYOUTS, frequency_label, import_files

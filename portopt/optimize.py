@@ -22,11 +22,11 @@ from .clean import resolve_frequency, to_utc
 from .config import ConfigError, ConstraintError, DataError, OptimizationError
 
 # %% auto #0
-__all__ = ['RISK_MEASURES', 'MU_ESTIMATORS', 'COV_ESTIMATORS', 'STRATEGIES', 'SOLVERS', 'SOLVER_LOG', 'SOLVER_PARAMS',
-           'FALLBACKS', 'missing_reasons', 'estimation_window', 'ConstraintsModel', 'Constraints', 'Allocation',
-           'portfolio_stats', 'risk_value', 'risk_contributions', 'black_litterman_posterior', 'View', 'load_views',
-           'solver_output', 'optimize', 'efficient_frontier', 'plot_frontier', 'plot_weights',
-           'plot_risk_contributions']
+__all__ = ['RISK_MEASURES', 'MU_ESTIMATORS', 'COV_ESTIMATORS', 'STRATEGIES', 'SOLVERS', 'NO_EXCESS_SOLVER', 'SOLVER_LOG',
+           'SOLVER_PARAMS', 'FALLBACKS', 'missing_reasons', 'missing_reason', 'estimation_window', 'ConstraintsModel',
+           'Constraints', 'Allocation', 'portfolio_stats', 'risk_value', 'risk_contributions',
+           'black_litterman_posterior', 'View', 'load_views', 'best_single_asset', 'solver_output', 'optimize',
+           'efficient_frontier', 'plot_frontier', 'plot_weights', 'plot_risk_contributions']
 
 # %% ../nbs/20_optimize.ipynb #8d5b3bf1
 RISK_MEASURES = {
@@ -79,9 +79,12 @@ def missing_reasons(window_returns: pd.DataFrame) -> dict:
     if window_returns.empty:
         return {}
     end, n = _day(window_returns.index[-1]), window_returns.isna().sum()
-    return {a: (f"no returns in the window ending {end}" if k == len(window_returns) else
-                f"{int(k)} missing return{'s' if k > 1 else ''} in the window ending {end}")
-            for a, k in n[n > 0].items()}
+    return {a: missing_reason(k, len(window_returns), end) for a, k in n[n > 0].items()}
+
+def missing_reason(n_missing: int, n_periods: int, end: str) -> str:
+    "The reason `missing_reasons` gives for an asset with `n_missing` of `n_periods` returns missing in the window ending `end` (text)."
+    return (f"no returns in the window ending {end}" if n_missing == n_periods else
+            f"{int(n_missing)} missing return{'s' if n_missing > 1 else ''} in the window ending {end}")
 
 def estimation_window(returns: pd.DataFrame, window: int | None = None, end=None,
                       min_assets: int = 1, missing: str = "exclude") -> pd.DataFrame:
@@ -519,6 +522,33 @@ def load_views(path) -> list[dict]:
             raise ConfigError(f"{path}: view {i}: {where}: {err['msg']}") from None
     return out
 
+# %% ../nbs/20_optimize.ipynb #a389f088
+NO_EXCESS_SOLVER = "closed form (no asset beats the risk-free rate)"  # the name diagnostics give this formulation
+
+def best_single_asset(excess, risk) -> tuple[int, float] | None:
+    """The maximum of the ratio (expected excess return) / risk over long-only, fully invested weights when
+    no asset's expected excess return is positive: the single asset with the highest ratio of its own.
+
+    `excess`: (n,) expected returns minus the risk-free rate, per period, all <= 0; `risk`: (n,) each asset's
+    own value of a convex risk measure, positive on the simplex (its standard deviation for the Sharpe ratio;
+    its CVaR, CDaR, MAD... for other ratios), per period. Returns `(j, ratio)`: the optimal weights are the
+    unit vector e_j and `ratio` (per period, <= 0) is the maximum; `None` when no asset has a defined ratio
+    (every risk is 0). Raises `ValueError` when an excess return is positive (the closed form does not hold:
+    solve the ratio program). Source: the ratio is quasiconvex there, so its maximum over the simplex is at a
+    vertex (Boyd and Vandenberghe, *Convex Optimization*, 2004, §3.4; see the derivation above)."""
+    excess, risk = np.asarray(excess, dtype=float).ravel(), np.asarray(risk, dtype=float).ravel()
+    if excess.shape != risk.shape or not len(excess):
+        raise ValueError(f"excess {excess.shape} and risk {risk.shape} must be two vectors of one length >= 1")
+    if (excess > 0).any():
+        raise ValueError(f"excess returns {excess[excess > 0][:3]} are positive: the single-asset closed form holds "
+                         "only when no asset beats the risk-free rate")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(risk > 0, excess / np.where(risk > 0, risk, 1.0), np.where(excess < 0, -np.inf, np.nan))
+    if not np.isfinite(ratio).any():
+        return None
+    j = int(np.nanargmax(np.where(np.isnan(ratio), -np.inf, ratio)))
+    return j, float(ratio[j])
+
 # %% ../nbs/20_optimize.ipynb #23ce7c34
 def _check_weights(w, assets, long_short: bool = False) -> pd.Series | None:
     if w is None:
@@ -656,6 +686,37 @@ def _max_sharpe_on_frontier(returns, params, c, solvers):
 FALLBACKS = {"max_sharpe": ("frontier search", _max_sharpe_on_frontier),
              "black_litterman": ("frontier search", _max_sharpe_on_frontier)}
 
+def _beyond_simplex(c: "Constraints", assets: list) -> str | None:
+    "What makes the constraints more than long-only and fully invested (e.g. 'bounds, groups'), or None."
+    low, up = c.limits(assets)
+    extra = [name for name, on in (("long_short", c.long_short), ("bounds", bool((low > 0).any() or (up < 1).any())),
+                                   ("groups", bool(c.groups)), ("turnover", c.turnover is not None),
+                                   ("tracking_error", c.tracking_error is not None), ("max_assets", c.max_assets is not None)) if on]
+    return ", ".join(extra) or None
+
+def _no_excess_answer(returns, params, c, assets) -> tuple[pd.Series | None, dict]:
+    "The closed form of a ratio strategy when no asset beats the risk-free rate (`best_single_asset`), and its attempt."
+    extra = _beyond_simplex(c, assets)
+    if extra:
+        return None, dict(solver=NO_EXCESS_SOLVER, outcome=f"not used: with {extra} the maximum is at a vertex of the "
+                                                          "constrained set, not at a single asset")
+    mu = returns.mean().to_numpy() if params.get("mu") is None else np.asarray(params["mu"], dtype=float)
+    if params["rm"] == "MV":
+        cov = returns.cov().to_numpy() if params.get("cov") is None else np.asarray(params["cov"], dtype=float)
+        risk = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    else:  # each asset's own risk, as riskfolio-lib measures it in its ratio program
+        import riskfolio as rp
+        eye, cov = np.eye(len(assets)), returns.cov()
+        risk = np.array([float(_quiet(rp.Sharpe_Risk, w=eye[:, [j]], cov=cov, returns=returns, rm=params["rm"],
+                                      rf=params["rf"], alpha=params["alpha"])[0]) for j in range(len(assets))])
+    got = best_single_asset(mu - params["rf"], risk)
+    if got is None:
+        return None, dict(solver=NO_EXCESS_SOLVER, outcome="not used: no asset has a positive risk")
+    j, ratio = got
+    return (pd.Series(np.eye(len(assets))[j], index=assets),
+            dict(solver=NO_EXCESS_SOLVER, outcome=f"solved: {assets[j]} alone, the best ratio of a single asset "
+                                                  f"({ratio:.4g} per period)"))
+
 def optimize(returns: pd.DataFrame, strategy: str = "max_sharpe", *, periods_per_year: int | None = None,
              risk_free_rate: float = 0.0, alpha: float = 0.05, risk_measure: str | None = None,
              risk_aversion: float = 2.0, fraction: float = 1.0, budgets: dict | None = None,
@@ -728,9 +789,10 @@ def optimize(returns: pd.DataFrame, strategy: str = "max_sharpe", *, periods_per
     # degenerates (its optimum is y = 0) and a solver may still report "solved" with arbitrary weights.
     mu_hat = params.get("mu") if params.get("mu") is not None else (returns.mean().to_numpy() if params["mu_method"] == "hist" else None)
     no_excess = spec.get("obj") == "Sharpe" and mu_hat is not None and float(np.max(np.asarray(mu_hat) - params["rf"])) <= 0
-    if no_excess and strategy not in FALLBACKS:
-        raise OptimizationError(f"{strategy}: no asset's expected return exceeds the risk-free rate over {window}, so the "
-                                "maximum return/risk ratio is not defined; use min_risk, or max_sharpe (which then searches the frontier)")
+    closed, closed_attempt = _no_excess_answer(returns, params, c, assets) if no_excess else (None, None)
+    if no_excess and closed is None and strategy not in FALLBACKS:
+        raise OptimizationError(f"{strategy}: no asset's expected return exceeds the risk-free rate over {window}, and the "
+                                f"closed form was {closed_attempt['outcome']}; use min_risk, or drop the constraints")
     if spec["kind"] == "naive" or len(assets) == 1:
         if strategy == "inverse_volatility" and len(assets) > 1:
             vol = returns.std(ddof=1)
@@ -746,7 +808,10 @@ def optimize(returns: pd.DataFrame, strategy: str = "max_sharpe", *, periods_per
         weights = None
         integer = c.max_assets is not None
         if no_excess:
-            attempts.append(dict(solver="riskfolio-lib ratio program", outcome="skipped: no expected excess return is positive"))
+            attempts += [dict(solver="riskfolio-lib ratio program", outcome="skipped: no expected excess return is positive"),
+                         closed_attempt]
+            if closed is not None:
+                weights, used = closed, NO_EXCESS_SOLVER
         for solver in ([] if no_excess else solvers):
             if solver in ("HIGHS",) and (rm not in _LINEAR or spec["kind"] != "classic" or spec.get("obj") == "Utility"):
                 continue
@@ -764,7 +829,7 @@ def optimize(returns: pd.DataFrame, strategy: str = "max_sharpe", *, periods_per
                 attempts.append(dict(solver=solver, outcome="solved")); used = solver
                 break
             attempts.append(dict(solver=solver, outcome=said or "weights invalid (NaN, negative or not summing to 1)"))
-        if weights is None and strategy in FALLBACKS and not integer:
+        if weights is None and strategy in FALLBACKS and not integer:  # also when no asset beats r_f under constraints
             name, fallback = FALLBACKS[strategy]
             try:
                 weights = _check_weights(fallback(returns, params, c, solvers), assets, c.long_short)

@@ -278,9 +278,11 @@ class SweepResult:
         "`plot_sweep` of the table."
         return plot_sweep(self.table, x=x, y=y, value=value, facet=facet)
 
-def _run_one(prices: pd.DataFrame, volumes, market_caps, options: dict, periods_per_year: int) -> tuple[BacktestResult, str]:
-    """Run one normalized configuration on a Dask worker: `walk_forward` with one BLAS thread. Returns the result and
-    the address of the worker that ran it."""
+def _run_one(prices: pd.DataFrame, volumes, market_caps, options: dict, periods_per_year: int) -> tuple[BacktestResult, str, dict]:
+    """Run one normalized configuration on a Dask worker: `walk_forward` with one BLAS thread. Returns the result, the
+    address of the worker that ran it, and its metrics as the store keeps them (computed here, in parallel, not by the
+    client). The worker's process keeps the optimization programs it built (`portopt.walkforward.cached_program`) for
+    the next configuration it runs. A worker needs no store: the client records what comes back."""
     options = dict(options)
     with one_blas_thread():
         result = walk_forward(prices, options.pop("strategy"), periods_per_year=periods_per_year, volumes=volumes,
@@ -290,7 +292,7 @@ def _run_one(prices: pd.DataFrame, volumes, market_caps, options: dict, periods_
         where = get_worker().address
     except (ImportError, ValueError):
         where = "local"
-    return result, where
+    return result, where, _json_ready(result.metrics())
 
 @contextlib.contextmanager
 def _dask_client(scheduler, n_workers: int | None, n_tasks: int):
@@ -369,13 +371,13 @@ def sweep(prices: pd.DataFrame, configs, *, periods_per_year: int | None = None,
             for fut in tqdm(as_completed(futures), total=len(futures), desc="sweep", disable=not progress):
                 k = futures[fut]
                 try:
-                    result, where[k] = fut.result()
+                    result, where[k], metrics[k] = fut.result()
                 except Exception as e:  # the error of that configuration; the others go on
                     failed[k] = e
                     continue
                 finally:
                     fut.release()
-                results[k], metrics[k] = result, _json_ready(result.metrics())
+                results[k] = result
                 if store is not None:
                     stored = record(store, result, dh, run_id=run_id)
                     if stored != k:

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,11 +18,13 @@ import pandas as pd
 
 from .clean import resolve_frequency, to_utc
 from .config import ConfigError, DataError, OptimizationError
-from .optimize import SOLVER_PARAMS, missing_reasons, optimize, solver_output
+from .optimize import NO_EXCESS_SOLVER, SOLVER_PARAMS, best_single_asset, missing_reasons, optimize, solver_output
 
 # %% auto #0
-__all__ = ['FAST_STRATEGIES', 'FAST_SOLVERS', 'LP_SOLVERS', 'SOLVER_OPTIONS', 'quad_form_dpp', 'one_blas_thread', 'sqrt_factor',
-           'CompiledProblem', 'compile_problem', 'hrp_weights', 'WindowResult', 'FastOptimizer', 'rolling_weights']
+__all__ = ['FAST_STRATEGIES', 'FAST_SOLVERS', 'LP_SOLVERS', 'SOLVER_OPTIONS', 'DIRECT_SOLVERS', 'PROGRAM_BUILDS', 'quad_form_dpp',
+           'one_blas_thread', 'sqrt_factor', 'CompiledProblem', 'compile_problem', 'DirectProgram', 'direct_program',
+           'cached_program', 'program_cache', 'clear_program_cache', 'hrp_weights', 'WindowResult', 'FastOptimizer',
+           'rolling_weights']
 
 # %% ../nbs/21_walkforward.ipynb #f9eb15e0
 FAST_STRATEGIES = ("equal_weight", "min_variance", "max_sharpe", "min_cvar", "hrp")  # strategies with a fast path
@@ -95,7 +100,173 @@ def compile_problem(strategy: str, n_assets: int, n_periods: int | None = None, 
         return CompiledProblem(cp.Problem(cp.Minimize(risk), [m @ y == 1, *cones]), dict(excess=m, risk=P), y)
     return CompiledProblem(cp.Problem(cp.Minimize(risk), [cp.sum(y) == 1, *cones]), dict(risk=P), y)
 
+# %% ../nbs/21_walkforward.ipynb #c90894ab
+DIRECT_SOLVERS = {"max_sharpe": ("CLARABEL",), "min_variance": ("CLARABEL",), "min_cvar": ("HIGHS",)}  # called through their own API
+
+@dataclass
+class DirectProgram:
+    """The constant parts of a small program for a solver's own Python API (Clarabel's `DefaultSolver`, HiGHS's
+    `Highs`): the sparsity pattern, the cones or bounds, built once per (strategy, assets, periods); `solve(data)`
+    fills in a window's numbers. Same programs as `compile_problem`, without cvxpy's canonicalization per solve."""
+    strategy: str
+    n: int
+    T: int | None
+    solver: str
+    alpha: float
+    parts: dict
+
+    def solve(self, data: dict, options: dict, caller=None) -> tuple[np.ndarray | None, str]:
+        """The answer (`y` or `w`, as `compile_problem`'s) and the solver's status text; `None` unless solved.
+        `caller`: who solves (a `FastOptimizer`), for HiGHS's warm start (see `_highs`)."""
+        if self.solver == "HIGHS":
+            return self._highs(data["returns"], caller)
+        return self._clarabel(data, options)
+
+    def _clarabel(self, data: dict, options: dict):
+        import clarabel
+        p, n = self.parts, self.n
+        P, A = p["P"], p["A"]  # fixed sparsity: only the values change (Clarabel copies them when it is set up)
+        P.data[:] = data["risk"][p["P_rows"], p["P_cols"]]
+        if self.strategy == "max_sharpe":
+            A.data[0::2] = data["excess"]
+        settings = p.get("settings", {}).get(tuple(sorted(options.items())))
+        if settings is None:
+            settings = clarabel.DefaultSettings()
+            settings.verbose = False
+            for k, v in options.items():
+                setattr(settings, k, v)
+            p.setdefault("settings", {})[tuple(sorted(options.items()))] = settings
+        sol = clarabel.DefaultSolver(P, np.zeros(n), A, p["b"], p["cones"], settings).solve()
+        status = str(sol.status)
+        return (np.asarray(sol.x) if status in ("Solved", "AlmostSolved") else None), status
+
+    def _highs(self, R: np.ndarray, caller=None):
+        """Solve the CVaR program of the window `R` (T × n). Consecutive windows of one walk-forward share all but
+        their newest rows: the rows live in a ring of T slots (the program does not depend on their order), the
+        rows that arrived replace the oldest ones by `changeCoeff`, and HiGHS restarts from the last basis. A
+        window that is not the last one moved forward — or another `caller` (another backtest) — reloads the whole
+        program and solves from scratch, so a backtest's answers never depend on what ran before it."""
+        p, (T, n) = self.parts, R.shape
+        h, last, k = p["highs"], p.get("last"), None
+        if last is not None and caller is not None and p.get("caller") == caller:
+            for cand in np.flatnonzero((last == R[0]).all(axis=1)):
+                if 0 < cand < T // 2 and np.array_equal(R[:T - cand], last[cand:]):
+                    k = int(cand)
+                    break
+            if k is None and np.array_equal(R, last):
+                k = 0
+        if k is None:  # a cold start: the rows in their order, slot i = row i
+            lp = p["lp"]
+            lp.a_matrix_.value_ = np.concatenate([np.vstack([-R, np.ones((1, n))]).ravel(order="F"), p["tail"]])
+            h.passModel(lp)
+            p["offset"] = 0
+        else:
+            for j in range(k):  # the k newest rows replace the k oldest slots
+                slot = (p["offset"] + j) % T
+                for a in range(n):
+                    h.changeCoeff(slot, a, -R[T - k + j, a])
+            p["offset"] = (p["offset"] + k) % T
+        p["last"], p["caller"] = R.copy(), caller
+        h.run()
+        status = h.modelStatusToString(h.getModelStatus())
+        if status != "Optimal":
+            p["last"] = None
+        return (np.asarray(h.getSolution().col_value)[:n] if status == "Optimal" else None), status
+
+def direct_program(strategy: str, n_assets: int, n_periods: int | None = None, *, solver: str, alpha: float = 0.05) -> DirectProgram:
+    """The `DirectProgram` of `strategy` for `n_assets` assets (and `n_periods` scenarios for `min_cvar`) with
+    `solver` ("CLARABEL" for `max_sharpe` and `min_variance`, "HIGHS" for `min_cvar`; `DIRECT_SOLVERS`).
+
+    Clarabel (Goulart and Chen, 2024) takes min ½xᵀPx + qᵀx s.t. Ax + s = b, s in cones: P = Σ (upper triangle),
+    one zero-cone row ((μ − r_f)ᵀy = 1 or 1ᵀw = 1) and n nonnegative rows (−x ≤ 0). HiGHS (Huangfu and Hall, 2018)
+    takes the Rockafellar–Uryasev linear program column-wise: w ≥ 0, ζ free, z ≥ 0; rows −Rw − ζ − z ≤ 0 and
+    1ᵀw = 1. Raises `ConfigError` for another pair."""
+    n = n_assets
+    if solver not in DIRECT_SOLVERS.get(strategy, ()):
+        raise ConfigError(f"no direct {solver} program for {strategy!r}; direct: {DIRECT_SOLVERS}")
+    if strategy == "min_cvar":
+        import highspy
+        if not n_periods:
+            raise ConfigError("min_cvar needs n_periods, the number of return scenarios")
+        T = n_periods
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = n + 1 + T, T + 1
+        lp.col_cost_ = np.r_[np.zeros(n), 1.0, np.full(T, 1.0 / (alpha * T))]
+        lp.col_lower_ = np.r_[np.zeros(n), -highspy.kHighsInf, np.zeros(T)]
+        lp.col_upper_ = np.full(n + 1 + T, highspy.kHighsInf)
+        lp.row_lower_ = np.r_[np.full(T, -highspy.kHighsInf), 1.0]
+        lp.row_upper_ = np.r_[np.zeros(T), 1.0]
+        m = lp.a_matrix_
+        m.format_ = highspy.MatrixFormat.kColwise
+        m.num_col_, m.num_row_ = n + 1 + T, T + 1
+        m.start_ = np.r_[np.arange(n + 1) * (T + 1), n * (T + 1) + T + np.arange(0, T + 1)].astype(np.int32)
+        m.index_ = np.r_[np.tile(np.arange(T + 1), n), np.arange(T), np.arange(T)].astype(np.int32)
+        with solver_output():  # HiGHS prints its banner when an instance is created
+            h = highspy.Highs()
+            h.setOptionValue("output_flag", False)
+        return DirectProgram(strategy, n, T, solver, alpha, dict(lp=lp, highs=h, tail=-np.ones(2 * T)))
+    import clarabel
+    from scipy import sparse
+    rows = np.concatenate([np.arange(j + 1) for j in range(n)])  # the upper triangle of P = Σ, column by column
+    cols = np.repeat(np.arange(n), np.arange(1, n + 1))
+    P = sparse.csc_matrix((np.ones(len(rows)), rows, np.r_[0, np.cumsum(np.arange(1, n + 1))]), shape=(n, n))
+    A = sparse.csc_matrix((np.column_stack([np.ones(n), -np.ones(n)]).ravel(),  # column j: (row 0, 1 or μ_j - r_f), (row 1 + j, -1)
+                           np.column_stack([np.zeros(n, dtype=int), np.arange(1, n + 1)]).ravel(), np.arange(0, 2 * n + 1, 2)),
+                          shape=(n + 1, n))
+    return DirectProgram(strategy, n, None, solver, alpha, dict(
+        P=P, A=A, P_rows=rows, P_cols=cols, b=np.r_[1.0, np.zeros(n)], cones=[clarabel.ZeroConeT(1), clarabel.NonnegativeConeT(n)]))
+
+_PROGRAMS: dict = {}          # (strategy, form, alpha, assets, periods, solver) -> program, shared by every optimizer
+_LOCKS: dict = {}             # one lock per program: a program holds one window's numbers while it solves
+PROGRAM_BUILDS: Counter = Counter()  # how many times each key was built in this process (once, unless cleared)
+
+def cached_program(strategy: str, n_assets: int, n_periods: int | None, solver: str, *, sigma_form: str = "covariance",
+                   alpha: float = 0.05, direct: bool = True):
+    """The program of `strategy` for `n_assets` assets (and `n_periods` for `min_cvar`) and `solver`, built on first use
+    and kept for the life of the process: every `FastOptimizer` — every configuration of a sweep that a Dask worker
+    runs — shares it. A `DirectProgram` when `direct` and the solver has one (`DIRECT_SOLVERS`), else a cvxpy
+    `CompiledProblem`. An asset joining or leaving a ragged universe selects the program of the new size, built once."""
+    direct = direct and solver in DIRECT_SOLVERS.get(strategy, ())
+    key = (strategy, "direct" if direct else sigma_form, alpha, n_assets, n_periods if strategy == "min_cvar" else None, solver)
+    prog = _PROGRAMS.get(key)
+    if prog is None:
+        prog = (direct_program(strategy, n_assets, n_periods, solver=solver, alpha=alpha) if direct else
+                compile_problem(strategy, n_assets, n_periods, sigma_form=sigma_form, alpha=alpha))
+        _PROGRAMS[key], _LOCKS[key] = prog, threading.Lock()
+        PROGRAM_BUILDS[key] += 1
+    return prog, _LOCKS[key]
+
+def program_cache() -> dict:
+    "What the process-wide program cache holds: `programs` (count), `builds` (total builds), `keys` (sorted)."
+    return dict(programs=len(_PROGRAMS), builds=sum(PROGRAM_BUILDS.values()), keys=sorted(_PROGRAMS, key=str))
+
+def clear_program_cache() -> None:
+    "Forget every cached program (and the build counts), e.g. to measure builds from a clean start."
+    _PROGRAMS.clear(); _LOCKS.clear(); PROGRAM_BUILDS.clear()
+
+
 # %% ../nbs/21_walkforward.ipynb #8debf88c
+def _single_linkage_leaves(y: np.ndarray, n: int) -> np.ndarray:
+    """The leaf order of scipy's single-linkage tree of the condensed distances `y` (finite, checked by the caller)
+    with optimal leaf ordering: `hierarchy.leaves_list(hierarchy.linkage(y, "single", optimal_ordering=True))`.
+    scipy's public functions validate their input through its array-API layer, three times per call, which costs
+    more than the clustering of a few assets; the same compiled routines are called directly when this scipy has
+    them (the public path otherwise)."""
+    from scipy.cluster import hierarchy
+    try:
+        from scipy.cluster import _hierarchy, _optimal_leaf_ordering
+        Z = _optimal_leaf_ordering.optimal_leaf_ordering(_hierarchy.mst_single_linkage(y, n), y)
+    except (ImportError, AttributeError):
+        return hierarchy.leaves_list(hierarchy.linkage(y, method="single", optimal_ordering=True))
+    order, stack = [], [2 * n - 2]  # the root; node k >= n joins Z[k - n, 0] and Z[k - n, 1], left first
+    while stack:
+        k = stack.pop()
+        if k < n:
+            order.append(k)
+        else:
+            stack += [int(Z[k - n, 1]), int(Z[k - n, 0])]
+    return np.array(order)
+
 def _ivp_variance(S: np.ndarray, idx: np.ndarray) -> float:
     sub = S[np.ix_(idx, idx)]
     v = 1.0 / np.diag(sub)
@@ -117,8 +288,7 @@ def hrp_weights(R: np.ndarray) -> np.ndarray | None:
         return None
     sd = np.sqrt(var)
     dist = np.sqrt(np.clip((1.0 - S / np.outer(sd, sd)) / 2.0, 0.0, 1.0))
-    order = hierarchy.leaves_list(hierarchy.linkage(squareform(dist, checks=False), method="single",
-                                                    optimal_ordering=True))
+    order = _single_linkage_leaves(squareform(dist, checks=False), n)
     w, clusters = np.ones(n), [order]
     while clusters:
         halves = []
@@ -138,7 +308,8 @@ def hrp_weights(R: np.ndarray) -> np.ndarray | None:
 @dataclass
 class WindowResult:
     """The answer for one window: `weights` (Series by asset, fractions summing to 1), `solver` (what
-    produced them: `"CLARABEL"`, `"SCS"`, `"numpy"`, `"closed form"`, or `"optimize: <its solver>"`), and
+    produced them: `"CLARABEL"`, `"HIGHS"`, `"SCS"`, `"numpy"`, `"closed form"`, `NO_EXCESS_SOLVER` (the
+    closed form of `max_sharpe` when no asset beats the risk-free rate), or `"optimize: <its solver>"`), and
     `attempts` (one dict per try: `solver`, `outcome`, as in `Allocation.diagnostics`)."""
     weights: pd.Series
     solver: str
@@ -156,18 +327,22 @@ def _valid(x, total=None) -> np.ndarray | None:
     x[x < 1e-12] = 0.0  # a solver's dust
     return x / x.sum()
 
+_CALLERS = itertools.count()  # a token per FastOptimizer: HiGHS warm-starts only from its own last window
+
 class FastOptimizer:
-    """Solve one strategy (a name in `FAST_STRATEGIES`) on window after window, compiling its program once
-    per shape. `solve(window_returns)` takes per-period simple returns (T × n DataFrame, no NaN) and
-    returns a `WindowResult`.
+    """Solve one strategy (a name in `FAST_STRATEGIES`) on window after window, with programs built once per
+    shape and shared by every optimizer of the process (`cached_program`). `solve(window_returns)` takes
+    per-period simple returns (T × n DataFrame, no NaN) and returns a `WindowResult`.
 
     `periods_per_year` and `risk_free_rate` (annual fraction) are `optimize`'s; `alpha` is the CVaR tail
-    level; `solvers` are tried in order on the compiled program (default `LP_SOLVERS` for `min_cvar`,
-    `FAST_SOLVERS` otherwise); `sigma_form` is `"covariance"`, `"factor"` or `"auto"` (covariance when
-    cvxpy can cache it, see `quad_form_dpp`); `solver_options` go to cvxpy's `solve`, by solver name
-    (default `SOLVER_OPTIONS`). Raises `ConfigError` for an unknown strategy."""
+    level; `solvers` are tried in order (default `LP_SOLVERS` for `min_cvar`, `FAST_SOLVERS` otherwise), through
+    the solver's own API when `direct` and it has one (`DIRECT_SOLVERS`), else on a compiled cvxpy program;
+    `sigma_form` is `"covariance"`, `"factor"` or `"auto"` (covariance when cvxpy can cache it, see
+    `quad_form_dpp`); `solver_options` go to the solver, by solver name (default `SOLVER_OPTIONS`). When no
+    asset's mean beats the risk-free rate, `max_sharpe` is `portopt.optimize.best_single_asset` (exact, closed
+    form; the solver is then `NO_EXCESS_SOLVER`). Raises `ConfigError` for an unknown strategy."""
     def __init__(self, strategy: str, *, periods_per_year: int, risk_free_rate: float = 0.0, alpha: float = 0.05,
-                 solvers=None, sigma_form: str = "auto", solver_options: dict | None = None):
+                 solvers=None, sigma_form: str = "auto", solver_options: dict | None = None, direct: bool = True):
         if strategy not in FAST_STRATEGIES:
             raise ConfigError(f"no fast path for {strategy!r}; fast strategies: {list(FAST_STRATEGIES)} "
                               "(use portopt.optimize.optimize for the others)")
@@ -179,18 +354,15 @@ class FastOptimizer:
             raise ConfigError(f"sigma_form={sigma_form!r}: use 'covariance', 'factor' or 'auto'")
         self.strategy, self.periods_per_year, self.risk_free_rate, self.alpha = strategy, periods_per_year, risk_free_rate, alpha
         self.solvers = tuple(solvers or (LP_SOLVERS if strategy == "min_cvar" else FAST_SOLVERS))
-        self.sigma_form = sigma_form
+        self.sigma_form, self.direct = sigma_form, direct
         self.solver_options = SOLVER_OPTIONS if solver_options is None else dict(solver_options)
-        self.compiled: dict = {}  # (n_assets, n_periods, solver) -> CompiledProblem
+        self._token = next(_CALLERS)
 
-    def _program(self, n: int, T: int, solver: str) -> CompiledProblem:
-        key = (n, T if self.strategy == "min_cvar" else None, solver)
-        if key not in self.compiled:
-            self.compiled[key] = compile_problem(self.strategy, n, T, sigma_form=self.sigma_form, alpha=self.alpha)
-        return self.compiled[key]
+    def _program(self, n: int, T: int, solver: str):
+        return cached_program(self.strategy, n, T, solver, sigma_form=self.sigma_form, alpha=self.alpha, direct=self.direct)
 
     def _data(self, R: np.ndarray) -> dict | str:
-        "The Parameter values of a window, or the reason the compiled program has no solution."
+        "The Parameter values of a window (max_sharpe: only when some mean beats r_f), or why there is no solution."
         if self.strategy == "min_cvar":
             return dict(returns=R)
         S = np.atleast_2d(np.cov(R, rowvar=False))
@@ -201,10 +373,9 @@ class FastOptimizer:
         values = dict(risk=S if self.sigma_form == "covariance" else sqrt_factor(S))
         if self.strategy == "max_sharpe":
             excess = R.mean(axis=0) - self.risk_free_rate / self.periods_per_year
-            top = float(excess.max())
-            if not top > 0:
-                return "no asset's mean return exceeds the risk-free rate: the homogenized program has no solution"
-            values["excess"] = excess / top
+            values["excess"] = excess / float(excess.max())
+        if self.sigma_form != "covariance":
+            values["S"] = S  # the direct programs take Σ itself
         return values
 
     def _solve_compiled(self, R: np.ndarray, attempts: list) -> tuple[np.ndarray | None, str | None]:
@@ -215,17 +386,32 @@ class FastOptimizer:
             return None, None
         T, n = R.shape
         for solver in self.solvers:
-            prog = self._program(n, T, solver)
-            try:
-                for name, value in data.items():
-                    prog.params[name].value = value
-                with warnings.catch_warnings(), solver_output():  # cvxpy warns of inaccurate solutions; the status is recorded below
-                    warnings.simplefilter("ignore")                 # HiGHS's banner goes to the log, not to stdout
-                    prog.problem.solve(solver=solver, **{**SOLVER_PARAMS.get(solver, {}), **self.solver_options.get(solver, {})})
-            except (cp.error.SolverError, ValueError, ArithmeticError) as e:  # solver failure or a non-PSD Σ
-                attempts.append(dict(solver=solver, outcome=f"{type(e).__name__}: {e}"[:300]))
-                continue
-            w = _valid(prog.answer.value) if prog.problem.status in ("optimal", "optimal_inaccurate") else None
+            prog, lock = self._program(n, T, solver)
+            with lock:
+                if isinstance(prog, DirectProgram):
+                    options = self.solver_options.get(solver, {})
+                    try:
+                        x, status = prog.solve(dict(data, risk=data["S"]) if "S" in data else data, options, caller=self._token)
+                    except (ValueError, ArithmeticError, RuntimeError) as e:  # a solver's own error, recorded
+                        attempts.append(dict(solver=solver, outcome=f"{type(e).__name__}: {e}"[:300]))
+                        continue
+                    w = _valid(x)
+                    if w is not None:
+                        attempts.append(dict(solver=solver, outcome="solved" if status in ("Solved", "Optimal") else status))
+                        return w, solver
+                    attempts.append(dict(solver=solver, outcome=f"status {status}, no valid weights"))
+                    continue
+                try:
+                    for name, value in data.items():
+                        if name in prog.params:
+                            prog.params[name].value = value
+                    with warnings.catch_warnings(), solver_output():  # cvxpy warns of inaccurate solutions; the status is recorded below
+                        warnings.simplefilter("ignore")                 # HiGHS's banner goes to the log, not to stdout
+                        prog.problem.solve(solver=solver, **{**SOLVER_PARAMS.get(solver, {}), **self.solver_options.get(solver, {})})
+                except (cp.error.SolverError, ValueError, ArithmeticError) as e:  # solver failure or a non-PSD Σ
+                    attempts.append(dict(solver=solver, outcome=f"{type(e).__name__}: {e}"[:300]))
+                    continue
+                w = _valid(prog.answer.value) if prog.problem.status in ("optimal", "optimal_inaccurate") else None
             if w is not None:
                 attempts.append(dict(solver=solver, outcome="solved" if prog.problem.status == "optimal" else prog.problem.status))
                 return w, solver
@@ -244,8 +430,14 @@ class FastOptimizer:
                             "(portopt.optimize.estimation_window)")
         return self._solve(R, returns.columns, returns.index)
 
-    def _solve(self, R: np.ndarray, assets: pd.Index, index: pd.Index) -> WindowResult:
+    def _solve(self, R: np.ndarray, assets: pd.Index, index) -> WindowResult:
         "The window as an array (T × n) with its labels; a DataFrame is built only when `optimize` takes over."
+        w, used, attempts = self._solve_array(R, assets, index)
+        return WindowResult(pd.Series(w, index=assets), used, attempts)
+
+    def _solve_array(self, R: np.ndarray, assets, index) -> tuple[np.ndarray, str, list]:
+        """`(weights (n,), solver, attempts)` of the window `R` (T × n) of `assets`; `index` (the window's timestamps,
+        or a function returning them) is read only when `optimize` takes over."""
         n = R.shape[1]
         attempts = []
         if self.strategy == "equal_weight" or n == 1:
@@ -254,9 +446,15 @@ class FastOptimizer:
             w, used = hrp_weights(R), "numpy"
             attempts.append(dict(solver="numpy", outcome="solved" if w is not None else "an asset has zero or undefined variance"))
             w = _valid(w)
+        elif self.strategy == "max_sharpe" and not (excess := R.mean(axis=0) - self.risk_free_rate / self.periods_per_year).max() > 0:
+            got = best_single_asset(excess, R.std(axis=0, ddof=1))  # exact when no asset beats r_f (see portopt.optimize)
+            w, used = (None, None) if got is None else (np.eye(n)[got[0]], NO_EXCESS_SOLVER)
+            attempts.append(dict(solver=NO_EXCESS_SOLVER, outcome="no asset has a positive variance" if got is None else
+                                 f"solved: {assets[got[0]]} alone, the best ratio of a single asset ({got[1]:.4g} per period)"))
         else:
             w, used = self._solve_compiled(R, attempts)
         if w is None:
+            index = index() if callable(index) else index
             try:
                 alloc = optimize(pd.DataFrame(R, index=index, columns=assets), self.strategy, periods_per_year=self.periods_per_year,
                                  risk_free_rate=self.risk_free_rate, alpha=self.alpha)
@@ -264,8 +462,9 @@ class FastOptimizer:
                 tried = "; ".join(f"{a['solver']}: {a['outcome']}" for a in attempts)
                 raise OptimizationError(f"fast path: {tried}; then {e}") from e
             attempts += [dict(a, solver=f"optimize: {a['solver']}") for a in alloc.diagnostics["attempts"]]
-            return WindowResult(alloc.weights, f"optimize: {alloc.diagnostics['solver']}", attempts)
-        return WindowResult(pd.Series(w, index=assets), used, attempts)
+            return alloc.weights.reindex(assets).to_numpy(), f"optimize: {alloc.diagnostics['solver']}", attempts
+        return w, used, attempts
+
 
 # %% ../nbs/21_walkforward.ipynb #2fb3ec4d
 def rolling_weights(returns: pd.DataFrame, strategy: str, *, window: int, rebalance_every: int, start=None,

@@ -243,7 +243,9 @@ def test_the_fast_path_and_optimize_agree(prices):
     fast = walk_forward(prices, "min_variance", **kw)
     slow = walk_forward(prices, "min_variance", fast=False, **kw)
     assert np.abs(fast.weights - slow.weights).max().max() < 1e-4
-    assert np.allclose(fast.returns, slow.returns, atol=1e-6)
+    # riskfolio-lib's weights differ from the fast path's by up to 1.5e-5 here (its solver's accuracy; Clarabel through
+    # its own API or through cvxpy alike), so a day's return differs by up to about 1e-6
+    assert np.allclose(fast.returns, slow.returns, atol=2e-6)
 
 
 def test_an_expanding_window_uses_all_history_before_the_decision(prices):

@@ -225,11 +225,30 @@ def test_risk_parity_budgets_are_met(window):
 
 
 def test_max_sharpe_when_no_asset_beats_the_risk_free_rate():
-    # riskfolio-lib's ratio program degenerates here and a solver may report "solved" with arbitrary weights
+    # riskfolio-lib's ratio program degenerates here and a solver may report "solved" with arbitrary weights; the
+    # maximum over the simplex is then at a vertex: the single asset with the best ratio of its own (closed form)
     falling = estimation_window(returns(load_prices(assets=["BTC", "ETH", "SOL", "BNB"])), window=120, end="2022-02-25")
     assert (falling.mean() < 0).all()
     a = optimize(falling, "max_sharpe", periods_per_year=365)
     singles = falling.mean() / falling.std() * np.sqrt(365)
-    assert a.diagnostics["solver"] == "frontier search" and a.sharpe >= singles.max() - 1e-9
-    with pytest.raises(OptimizationError, match="maximum return/risk ratio is not defined"):
-        optimize(falling, "max_ratio", risk_measure="cvar", periods_per_year=365)
+    assert a.diagnostics["solver"] == "closed form (no asset beats the risk-free rate)"
+    assert a.weights[singles.idxmax()] == 1.0 and abs(a.sharpe - singles.max()) < 1e-12
+    frontier = optimize(falling, "max_sharpe", periods_per_year=365, constraints={"max_weight": 0.6})
+    assert frontier.diagnostics["solver"] == "frontier search"  # a vertex of the capped set is not one asset
+    assert "not used: with bounds" in frontier.diagnostics["attempts"][1]["outcome"]
+    # any convex risk measure: the best single asset by mean / its own CVaR (riskfolio-lib's Sharpe_Risk)
+    cvar = optimize(falling, "max_ratio", risk_measure="cvar", periods_per_year=365)
+    def own_cvar(col):
+        r = np.sort(falling[col].to_numpy())
+        k = int(np.ceil(0.05 * len(r)))
+        return -(r[:k].sum() + (0.05 * len(r) - k) * r[k - 1]) / (0.05 * len(r))  # riskfolio-lib's discrete CVaR
+    ratios = {c: falling[c].mean() / own_cvar(c) for c in falling}
+    assert cvar.diagnostics["solver"] == "closed form (no asset beats the risk-free rate)"
+    assert cvar.weights[max(ratios, key=ratios.get)] == 1.0
+    rng = np.random.default_rng(0)
+    for w in rng.dirichlet(np.full(4, 0.3), 300):  # no mix has a better mean / CVaR
+        r = np.sort(falling.to_numpy() @ w)
+        k = int(np.ceil(0.05 * len(r)))
+        assert (r.mean()) / (-(r[:k].sum() + (0.05 * len(r) - k) * r[k - 1]) / (0.05 * len(r))) <= max(ratios.values()) + 1e-12
+    with pytest.raises(OptimizationError, match="closed form was not used: with bounds"):
+        optimize(falling, "max_ratio", risk_measure="cvar", periods_per_year=365, constraints={"max_weight": 0.6})

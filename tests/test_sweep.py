@@ -65,7 +65,9 @@ def test_a_sweep_runs_on_a_real_scheduler_and_both_workers_do_work(prices, tmp_p
             assert sorted(workers.values()) == ["worker-a", "worker-b"]
             # the workers import portopt from this checkout, as the client does
             assert set(client.run(lambda: __import__("portopt").__file__).values()) == {str(ROOT / "portopt" / "__init__.py")}
-        configs = grid(strategy=["min_variance", "hrp"], window=[60, 90], rebalance_every=[30], fee_bps=[10])
+        # a rebalance every 2 days: each backtest takes long enough (~0.1 s) that the scheduler hands work to both
+        # workers (with the fast path, four monthly-rebalanced backtests can all finish on the first worker)
+        configs = grid(strategy=["min_variance", "hrp"], window=[60, 90], rebalance_every=[2], fee_bps=[10])
         with SQLiteStore(tmp_path / "store.sqlite") as st:
             res = sweep(prices, configs, periods_per_year=365, store=st, scheduler=address, progress=False)
             assert (res.hits, res.misses) == (0, 4) and not res.table["cached"].any()
