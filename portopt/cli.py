@@ -33,8 +33,8 @@ __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyO
            'PERCENT_COLUMNS', 'RATIO_COLUMNS', 'MONEY_COLUMNS', 'COUNT_COLUMNS', 'SourceOpt', 'MissingOpt', 'ViewsOpt',
            'MaxFillOpt', 'IMPORT_HELP', 'portfolio_app', 'collect_app', 'ConfigFileOpt', 'supabase_app', 'human_table',
            'run', 'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'portfolio_create', 'portfolio_holdings',
-           'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_', 'collect_solana_', 'listen',
-           'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate', 'main', 'sweep_']
+           'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_', 'collect_solana_', 'request_',
+           'listen', 'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate', 'main', 'sweep_']
 
 # %% ../nbs/90_cli.ipynb #8ed55e42
 from .config import UsageError, name_list, nonnegative, one_line, parse_date, positive, positive_int
@@ -529,6 +529,63 @@ def collect_solana_(config: ConfigFileOpt = None, store: StoreOpt = None,
     _collect("collect-solana", config, store, quiet)
 
 # %% ../nbs/90_cli.ipynb #334427dc
+def _request_parameters(pairs: list[str] | None, params_json: str | None) -> dict:
+    "Request parameters from `--params '{...}'` and `key=value` pairs (a value is read as JSON when it is JSON: 90, true, [..])."
+    out = {}
+    if params_json:
+        try:
+            out = json.loads(params_json)
+        except ValueError as e:
+            raise ConfigError(f"--params {params_json[:60]!r}: not JSON ({e}); give an object such as '{{\"window\": 90}}'") from None
+        if not isinstance(out, dict):
+            raise ConfigError(f"--params: give a JSON object (name: value), not {type(out).__name__}")
+    for pair in pairs or []:
+        k, eq, v = pair.partition("=")
+        if not eq or not k.strip():
+            raise ConfigError(f"parameter {pair!r}: give name=value, e.g. window=90 or assets=BTC,ETH")
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v
+    return out
+
+@app.command("request")
+def request_(kind: Annotated[str, typer.Argument(help="optimize, backtest, reallocate, sweep or report.")],
+             parameters: Annotated[Optional[list[str]], typer.Argument(help="The command's parameters as name=value (window=90, assets=BTC,ETH, strategy=hrp; notebook=true runs it through papermill, timeout=60 stops it after 60 s between steps).")] = None,
+             params_json: Annotated[Optional[str], typer.Option("--params", help="The parameters as one JSON object (name=value pairs override it).")] = None,
+             wait: Annotated[bool, typer.Option("--wait", help="Wait for the result (the embedded store: run it here unless `portopt listen` takes it).")] = False,
+             timeout: Annotated[float, typer.Option(callback=_checked(positive, "--timeout"), help="With --wait: seconds to wait before giving up (the request goes on).")] = 600.0,
+             idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key", help="A key of yours: asking again with it returns the first request.")] = None,
+             token: Annotated[Optional[str], typer.Option("--token", envvar="SUPABASE_ACCESS_TOKEN", show_envvar=True, help="The signed-in user's access token (a Supabase Auth JWT); with SUPABASE_URL and SUPABASE_ANON_KEY the request goes through the project's REST API as that user.")] = None,
+             store: StoreOpt = None, json_: JsonOpt = False):
+    """Ask for an optimization, a backtest, a reallocation, a sweep or a report, as a client application does: a row in
+    `requests` that the listener runs with the same code as the command (its result is the command's --json).
+
+    With SUPABASE_URL set it goes through PostgREST as the signed-in user: SUPABASE_ANON_KEY and the user's access token
+    (SUPABASE_ACCESS_TOKEN or --token); `portopt listen` on the project runs it. Without, the embedded store's one local
+    user asks, and --wait runs it here. Prints the request's id and status (and the result with --json); exits 1 when it
+    failed, was rejected or cancelled."""
+    from portopt.client import connect, request
+    params = _request_parameters(parameters, params_json)
+    st = connect(access_token=token, store=store)
+    try:
+        row = request(kind, params, wait=wait, timeout=timeout, idempotency_key=idempotency_key, store=st)
+    finally:
+        st.close()
+    if json_:
+        typer.echo(json.dumps(row, indent=2, default=str))
+    else:
+        took = f" in {row['duration']:.2f} s" if isinstance(row.get("duration"), (int, float)) and row["status"] != "queued" else ""
+        typer.echo(f"request {row['id']} ({row['kind']}): {row['status']}{took}" + (f" — {row['error']}" if row.get("error") else ""))
+        if row["status"] == "queued" and not wait:
+            typer.echo("queued: `portopt listen` runs it; `portopt request ... --wait` waits for it")
+        for k, v in (row.get("report") or {}).items():
+            typer.echo(f"{k}: {v}")
+        result = row.get("result") or {}
+        if row["kind"] == "optimize" and result.get("weights"):
+            _echo_table(pd.DataFrame({"weight": result["weights"]}).round(4))
+    return 1 if row["status"] in ("failed", "rejected", "cancelled") else 0
+
 @app.command()
 def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending events, then exit (else: wait for new ones).")] = False,
            papermill: Annotated[bool, typer.Option("--papermill/--direct", help="Rebalance by running reports/rebalance.ipynb "
