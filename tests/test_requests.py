@@ -345,3 +345,43 @@ def test_a_notebook_request_runs_through_papermill_and_links_its_report(tmp_path
     assert row["report"]["notebook"].endswith("request.ipynb") and os.path.isfile(row["report"]["html"])
     direct = client_request("optimize", OPTIMIZE, store=path)
     assert_same_weights(row["result"]["weights"], direct["result"]["weights"])
+
+
+def test_the_overview_shows_a_users_own_requests_and_all_to_the_service_role(stack):
+    from portopt.dashboards import live_sections, requests_table
+    from portopt.supabase import SupabaseStore
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    a, b = as_user(stack, alice), as_user(stack, bob)
+    a.submit_request("optimize", OPTIMIZE)
+    b.submit_request("optimize", dict(OPTIMIZE, window="x"))
+    drain(stack)
+    mine = requests_table(a)
+    assert alice[:8] in mine and bob[:8] not in mine and "succeeded" in mine
+    s = stack.settings
+    with SupabaseStore(s["SUPABASE_URL"], s["SUPABASE_SERVICE_ROLE_KEY"]) as service:
+        everyone = live_sections(service)["requests"]
+    assert alice[:8] in everyone and bob[:8] in everyone and "rejected" in everyone and "is not a number" in everyone
+
+
+def test_the_overview_links_a_requests_report_from_the_read_only_store(tmp_path, monkeypatch):
+    from portopt.dashboards import open_for_reading, requests_table
+    monkeypatch.setenv("PORTOPT_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "s.sqlite"
+    with SQLiteStore(path) as st:
+        r = st.submit_request("report", {"name": "portfolio", "parameters": {"dataset": "coingecko-daily", "assets": ["BTC", "USDC"],
+                                                                             "strategies": ["min_variance"], "window": 60,
+                                                                             "start": "2022-06-01"}})
+        ls = Listener(st, papermill=False, warm_kernel=False)
+        ls.handle_pending()
+        ls.close()
+        row = st.request_row(r["id"])
+    assert row["status"] == "succeeded", row["error"]
+    before = path.stat().st_mtime_ns
+    store = open_for_reading(path)
+    try:
+        html = requests_table(store)
+    finally:
+        store.close()
+    folder = os.path.basename(os.path.dirname(row["report"]["html"]))
+    assert f">{folder}</a>" in html and "portfolio.html" in html and "report" in html
+    assert path.stat().st_mtime_ns == before
