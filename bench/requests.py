@@ -9,6 +9,7 @@ Starts its own local stack (bench/events.py's `start_stack`: its own folder and 
 `repeats` requests for each mode against the targets of issue 16 (direct <= 1 s, papermill <= 3 s) and the load average.
 The 20 assets are random walks stored as the source `bench20` (the bundled dataset has 19 assets).
 """
+import argparse
 import importlib.util
 import statistics
 import subprocess

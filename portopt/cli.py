@@ -628,7 +628,10 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
     typer.echo(f"handled {len(out) - len(failed)} event(s), {len(failed)} failed" +
                "".join(f"\n  event {o.event_id} ({o.topic}): {o.error}" for o in failed) +
                f"; portfolios: {sum(u.status == 'succeeded' for u in units)} rebalanced, {len(bad)} failed" +
-               "".join(f"\n  {u.portfolio} (event {u.event_id}): {u.error}" for u in bad))
+               "".join(f"\n  {u.portfolio} (event {u.event_id}): {u.error}" for u in bad) +
+               (f"; requests: {sum(s.status == 'succeeded' for s in listener.served)} succeeded, "
+                f"{sum(s.status in ('failed', 'rejected', 'cancelled') for s in listener.served)} failed, rejected or cancelled"
+                if listener.served else ""))
 
 @app.command()
 def schedule(file: Annotated[Path, typer.Argument(help="TOML schedule: \\[\\[job]] tables with name, cron or every, report or call, parameters.")],

@@ -385,3 +385,40 @@ def test_the_overview_links_a_requests_report_from_the_read_only_store(tmp_path,
     folder = os.path.basename(os.path.dirname(row["report"]["html"]))
     assert f">{folder}</a>" in html and "portfolio.html" in html and "report" in html
     assert path.stat().st_mtime_ns == before
+
+
+def test_a_requests_life_is_the_same_in_both_stores(store):
+    "The store contract: queue with its event, idempotency, claim once, start, close with the run; cancelled and failed ends."
+    owner = None if isinstance(store, SQLiteStore) else str(uuid.uuid4())   # the service role names the owner
+    r = store.submit_request("optimize", {"strategy": "hrp"}, idempotency_key="k", owner=owner)
+    assert r["status"] == "queued" and r["owner"] == (owner or "local")
+    assert store.submit_request("backtest", {}, idempotency_key="k", owner=owner)["id"] == r["id"]
+    assert [p["request_id"] for p in store.read_events("requests", pending_only=True)["payload"]] == [r["id"]]
+    run = store.claim_unit(f"request:{r['id']}", "request", {"request_id": r["id"]})
+    assert store.claim_unit(f"request:{r['id']}", "request", {"request_id": r["id"]}) is None   # held: never twice
+    assert store.start_request(r["id"]) == "running"
+    store.complete_run(run, [dict(write="request", id=r["id"], status="succeeded", result={"weights": {"BTC": 1.0}},
+                                  report={"html": "x.html"})], claim=run.token)
+    row = store.request_row(r["id"])
+    assert row["status"] == "succeeded" and row["result"] == {"weights": {"BTC": 1.0}} and row["report"] == {"html": "x.html"}
+    assert row["duration"] >= 0 and row["started_at"] and row["finished_at"]
+    ends = {}
+    for status, error in (("cancelled", None), ("failed", "ConfigError: no prices")):
+        q = store.submit_request("optimize", {}, owner=owner)
+        claim = store.claim_unit(f"request:{q['id']}", "request", {"request_id": q["id"]})
+        store.start_request(q["id"])
+        if status == "cancelled":
+            store.cancel_request(q["id"])
+            assert store.start_request(q["id"]) == "cancelled"
+        store.complete_run(claim, [dict(write="request", id=q["id"], status="succeeded" if status == "cancelled" else status,
+                                        result={"weights": {}} if status == "cancelled" else None, error=error)], claim=claim.token)
+        ends[status] = store.request_row(q["id"])
+    assert ends["cancelled"]["status"] == "cancelled" and ends["cancelled"]["result"] is None
+    assert ends["failed"]["status"] == "failed" and ends["failed"]["error"] == "ConfigError: no prices"
+    units = store.read_units().set_index("unit")
+    assert units.loc[f"request:{r['id']}", "status"] == "succeeded"
+    assert units.loc[f"request:{ends['failed']['id']}", ["status", "error"]].tolist() == ["failed", "ConfigError: no prices"]
+    assert units.loc[f"request:{ends['cancelled']['id']}", "error"].endswith("is cancelled: nothing of it was written")
+    for bad in (("rebalance", {}), ("optimize", [1, 2])):
+        with pytest.raises(ConfigError):
+            store.submit_request(*bad, owner=owner)
