@@ -422,3 +422,26 @@ def test_a_requests_life_is_the_same_in_both_stores(store):
     for bad in (("rebalance", {}), ("optimize", [1, 2])):
         with pytest.raises(ConfigError):
             store.submit_request(*bad, owner=owner)
+
+
+def test_the_migration_adds_requests_to_realtime_where_the_publication_exists(supabase_stack):
+    "A hosted project has the `supabase_realtime` publication: requests joins it (clients subscribe); the local stack has none."
+    from psycopg.conninfo import make_conninfo
+    from conftest import ROOT
+    from portopt.supabase import apply_migrations
+    url, db = supabase_stack.settings["SUPABASE_DB_URL"], f"portopt_rt_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {db}")
+    hosted = make_conninfo(url, dbname=db)
+    try:
+        with psycopg.connect(hosted, autocommit=True) as conn:
+            conn.execute((ROOT / "supabase" / "local" / "bootstrap.sql").read_text())
+            conn.execute("CREATE PUBLICATION supabase_realtime")   # what a hosted project has
+        apply_migrations(hosted)
+        with psycopg.connect(hosted) as conn:
+            assert conn.execute("SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'").fetchall() == [("requests",)]
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_publication WHERE pubname = 'supabase_realtime'").fetchone()[0] == 0
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
