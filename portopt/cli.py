@@ -322,7 +322,7 @@ def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in
         if portfolio == "demo":
             ensure_demo_portfolio(st)
         done = reallocate_command(p, st)   # a client's reallocate request runs the same (portopt.commands)
-        status, decision, stored_plan = done.status, done.decision, done.plan
+        status, decision, stored_plan, rid = done.status, done.decision, done.plan, done.result["id"]
         if json_:
             typer.echo(json.dumps(done.result, indent=2, default=str))
             return
