@@ -38,14 +38,7 @@ def main() -> int:
     ap.add_argument("--portfolios", type=int, default=200)
     ap.add_argument("--owners", type=int, default=20)
     args = ap.parse_args()
-    state = tempfile.mkdtemp(prefix="portopt-bench-")
-    env = dict(os.environ, PORTOPT_STACK_DIR=state, PORTOPT_STACK_PORT=str(args.port))
-    stack = [sys.executable, str(ROOT / "supabase" / "local" / "stack.py")]
-    settings = json.loads(subprocess.run(stack + ["up"], env=env, check=True, capture_output=True, text=True).stdout)
-    print(f"local stack up in {settings['started_in_s']} s")
-    for k in ("SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_DB_URL"):
-        os.environ[k] = settings[k]
-    os.environ["PORTOPT_RUNS"] = str(Path(state) / "runs")
+    stack, env, settings = start_stack(args.port)
     from portopt.events import Listener
     from portopt.supabase import SupabaseStore
     try:
@@ -92,6 +85,21 @@ def main() -> int:
     finally:
         subprocess.run(stack + ["destroy"], env=env, capture_output=True)
     return 0
+
+
+def start_stack(port: int):
+    """A local stack of the benchmark's own (a new folder, `port`), its service-role settings in this process's
+    environment (the listeners and their notebooks inherit them) and runs under its folder. Returns the stack command
+    (`stack + ["destroy"]` removes it), its environment and its settings. bench/requests.py uses it too."""
+    state = tempfile.mkdtemp(prefix="portopt-bench-")
+    env = dict(os.environ, PORTOPT_STACK_DIR=state, PORTOPT_STACK_PORT=str(port))
+    stack = [sys.executable, str(ROOT / "supabase" / "local" / "stack.py")]
+    settings = json.loads(subprocess.run(stack + ["up"], env=env, check=True, capture_output=True, text=True).stdout)
+    print(f"local stack up in {settings['started_in_s']} s")
+    for k in ("SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_DB_URL"):
+        os.environ[k] = settings[k]
+    os.environ["PORTOPT_RUNS"] = str(Path(state) / "runs")
+    return stack, env, settings
 
 
 def _worker(ready, go, done):

@@ -21,6 +21,9 @@ from .clean import Frequency, check_missing, clean_prices, fill_gaps, resolve_fr
 from .config import ConfigError, PortoptError, missing_extra
 from .data import DATASETS, load_market_caps, load_prices, load_volumes, read_price_file
 from .optimize import COV_ESTIMATORS, MU_ESTIMATORS, RISK_MEASURES, STRATEGIES, Constraints, estimation_window, load_views, optimize
+from .commands import (BacktestParams, Loaded, build, OptimizeParams, ReallocateParams, ReportParams, SweepParams,
+                              _excluded_from_log, _load, _views, backtest_command, one_of, optimize_command,
+                              reallocate_command, report_command, sweep_command)
 from .reports import run_report
 from .store import read_prices_from
 from .stores import open_store
@@ -29,10 +32,9 @@ from .stores import open_store
 __all__ = ['app', 'StoreOpt', 'DatasetOpt', 'PricesOpt', 'AssetsOpt', 'StrategyOpt', 'AsOfOpt', 'PPYOpt', 'JsonOpt',
            'PERCENT_COLUMNS', 'RATIO_COLUMNS', 'MONEY_COLUMNS', 'COUNT_COLUMNS', 'SourceOpt', 'MissingOpt', 'ViewsOpt',
            'MaxFillOpt', 'IMPORT_HELP', 'portfolio_app', 'collect_app', 'ConfigFileOpt', 'supabase_app', 'human_table',
-           'Loaded', 'run', 'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'portfolio_create',
-           'portfolio_holdings', 'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_',
-           'collect_solana_', 'listen', 'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate',
-           'main', 'sweep_']
+           'run', 'optimize_', 'backtest_', 'import_', 'data_', 'reallocate_', 'portfolio_create', 'portfolio_holdings',
+           'portfolio_show', 'portfolio_list', 'portfolio_delete', 'collect_market_', 'collect_solana_', 'request_',
+           'listen', 'schedule', 'supabase_up', 'supabase_env', 'supabase_down', 'supabase_migrate', 'main', 'sweep_']
 
 # %% ../nbs/90_cli.ipynb #8ed55e42
 from .config import UsageError, name_list, nonnegative, one_line, parse_date, positive, positive_int
@@ -48,13 +50,8 @@ def _checked(fn, name: str):
 def _one_of(table, name: str, many: bool = False):
     "A typer callback: the value (or each comma-separated value, with `many`) is a name, or a code, of `table`."
     def callback(value):
-        if value is None:
-            return value
-        known = list(table) + (list(table.values()) if isinstance(table, dict) and all(isinstance(v, str) for v in table.values()) else [])
-        for v in (name_list(value, name) if many else [str(value).strip()]):
-            if v not in known:
-                raise UsageError(f"{name} {v!r}: choose one of {', '.join(table)}")
-        return value
+        from portopt.commands import one_of   # the check the request models run too
+        return one_of(value, table, name, many)
     return callback
 
 def _numbers_each(fn, name: str, names=()):
@@ -134,84 +131,6 @@ MissingOpt = Annotated[str, typer.Option("--missing", help="A missing price in a
 ViewsOpt = Annotated[Optional[Path], typer.Option("--views", help="YAML file of Black-Litterman views (asset or long/short pair, return, confidence), for --strategy black_litterman.")]
 MaxFillOpt = Annotated[Optional[int], typer.Option("--max-fill", help="With --missing ffill: the longest gap, in periods, to carry a price over.")]
 
-@dataclass
-class Loaded:
-    "The prices a command works on, and what was done to them (all of it printed and in the JSON)."
-    prices: pd.DataFrame   # timestamp (UTC) × assets, quote currency
-    frequency: Frequency   # periods per year used, inferred or given
-    origin: str            # "dataset coingecko-daily", "file prices.csv", "source binance"
-    filled: dict           # asset -> what --missing ffill filled
-    sources: dict          # asset -> the source(s) its prices came from (with --source)
-
-    def to_dict(self) -> dict:
-        return dict(origin=self.origin, frequency=self.frequency.to_dict(), filled=self.filled, sources=self.sources)
-
-def _from_sources(names: list[str], assets: list[str] | None, as_of, store) -> tuple[pd.DataFrame, dict]:
-    "Wide close prices from stored sources, the first named winning where two have a price; asset -> sources used."
-    with open_store(store) as st:
-        coverage = st.price_coverage()
-        known = sorted(coverage["source"].unique()) if len(coverage) else []
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ConfigError(f"no prices from source(s) {unknown} in the store {st.path}; stored sources: {known or 'none'} "
-                              "(portopt import FILE --source NAME adds one)")
-        wide = read_prices_from(st, assets, names, as_of=as_of)   # the first named source wins where both have a price; as known at as_of
-    used = wide.attrs["sources"]
-    if assets:
-        absent = [a for a in assets if a not in wide.columns]
-        if absent:
-            raise ConfigError(f"no prices for {absent} from source(s) {names}; they have {sorted(wide.columns)}")
-        wide = wide[assets]
-    if wide.empty:
-        raise ConfigError(f"no prices from source(s) {names}" + (f" up to {as_of}" if as_of else ""))
-    return wide, {a: s for a, s in used.items() if a in wide.columns}
-
-def _load(dataset: str | None, prices: Path | None, source: str | None, assets: list[str] | None, as_of: str | None,
-          periods_per_year: int | None, missing: str = "exclude", max_fill: int | None = None, store: Path | None = None) -> Loaded:
-    """The cleaned wide price frame from exactly one of `--dataset`, `--prices` and `--source`, its frequency and
-    the gaps filled. Missing prices are never filled unless `--missing ffill` asks (then at most `--max-fill`)."""
-    if sum(x is not None for x in (dataset, prices, source)) != 1:
-        raise ConfigError("give exactly one of --dataset NAME, --prices PATH and --source NAME (a source in the store)")
-    fill = check_missing(missing, max_fill)
-    sources: dict = {}
-    if dataset is not None:
-        wide, origin = load_prices(dataset, assets=assets, end=as_of), f"dataset {dataset}"
-    elif source is not None:
-        names = _split(source) or []
-        wide, sources = _from_sources(names, assets, as_of, store)
-        origin = f"source {' > '.join(names)}"
-    else:
-        long, _ = read_price_file(prices)
-        wide, origin = to_wide(long), f"file {prices}"
-        if assets:
-            unknown = [a for a in assets if a not in wide.columns]
-            if unknown:
-                raise ConfigError(f"{prices}: no asset(s) {unknown}; the file has {sorted(wide.columns)}")
-            wide = wide[assets]
-        if as_of is not None:
-            wide = wide[wide.index <= to_utc(as_of)]
-    frequency = resolve_frequency(wide.index, periods_per_year)
-    if frequency.label == "daily bars":  # calendar-daily data on one daily calendar; nothing filled here
-        wide = clean_prices(wide, max_fill=0).prices
-    else:
-        wide = validate_prices(wide)
-    filled = {}
-    if fill:
-        wide, filled = fill_gaps(wide, fill)
-    return Loaded(wide, frequency, origin, filled, sources)
-
-def _excluded_from_log(log: pd.DataFrame | None) -> dict:
-    "asset -> (decisions it was left out of, the last reason) from a backtest log's 'excluded' rows."
-    out: dict = {}
-    if log is None or log.empty:
-        return out
-    for detail in log.loc[log["event"] == "excluded", "detail"]:
-        for part in detail.split("; "):
-            asset, _, why = part.partition(": ")
-            n, _ = out.get(asset, (0, ""))
-            out[asset] = (n + 1, why)
-    return out
-
 def _notes(loaded: Loaded, excluded: dict | None = None) -> str:
     "The lines under a table: data origin and frequency, sources, fills and exclusions."
     lines = [f"data: {loaded.origin}, {loaded.prices.shape[1]} assets, {loaded.prices.index[0]:%Y-%m-%d} to "
@@ -224,13 +143,6 @@ def _notes(loaded: Loaded, excluded: dict | None = None) -> str:
         lines.append("excluded: " + ("; ".join(f"{a} ({w})" for a, w in excluded.items()) if excluded else "none"))
     return "\n".join(lines)
 
-def _views(path: Path | None, strategy: str) -> dict:
-    "`{'views': [...]}` from a views file for black_litterman; a views file with another strategy is an error."
-    if path is None:
-        return {}
-    if strategy != "black_litterman":
-        raise ConfigError(f"--views applies to --strategy black_litterman, not {strategy}")
-    return {"views": load_views(path)}
 
 # %% ../nbs/90_cli.ipynb #e3f170c1
 @app.command()
@@ -276,19 +188,14 @@ def optimize_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
               constraints: Annotated[Optional[Path], typer.Option(help="YAML file of constraints (bounds, groups, max_weight, max_assets, ...).")] = None,
               views: ViewsOpt = None, store: StoreOpt = None, json_: JsonOpt = False):
     "Weights of a strategy on the latest window of returns."
-    data = _load(dataset, prices, source, _split(assets), as_of, periods_per_year, missing, max_fill, store)
-    r = returns(data.prices)
-    bl = _views(views, strategy)
-    alloc = optimize(estimation_window(r, window, missing=missing), strategy, periods_per_year=data.frequency.periods_per_year,
-                     risk_measure=risk_measure, mu=mu, cov=cov, risk_aversion=risk_aversion, fraction=fraction,
-                     constraints=Constraints.from_yaml(constraints) if constraints else None, **bl)
-    alloc.diagnostics["frequency"] = data.frequency.to_dict()  # read on the whole data, not only the window
-    if strategy == "black_litterman" and not bl.get("views"):
-        alloc.diagnostics["views"] = "none given: the posterior equals the prior (market-implied returns)"
+    p = build(OptimizeParams, dataset=dataset, prices=prices, source=source, assets=assets, as_of=as_of, periods_per_year=periods_per_year,
+                       missing=missing, max_fill=max_fill, strategy=strategy, window=window, risk_measure=risk_measure, mu=mu,
+                       cov=cov, risk_aversion=risk_aversion, fraction=fraction, constraints=constraints, views=views)
+    done = optimize_command(p, store)   # a client's optimize request runs the same (portopt.commands)
+    alloc, data = done.alloc, done.data
     excluded = alloc.diagnostics.get("excluded", {})
     if json_:
-        typer.echo(json.dumps(dict(alloc.to_dict(), frequency=data.frequency.to_dict(), excluded=excluded, data=data.to_dict()),
-                              indent=2, default=str))
+        typer.echo(json.dumps(done.result, indent=2, default=str))
         return
     _echo_table(pd.DataFrame({"weight": alloc.weights, "risk contribution": alloc.risk_contributions}).round(4))
     typer.echo(f"\n{strategy} on {alloc.n_periods} periods to {alloc.as_of:%Y-%m-%d}: expected return {alloc.expected_return:.1%}, "
@@ -325,45 +232,16 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
     """Walk-forward backtest of one or more strategies against benchmarks, through the same engine.
 
     Prints the metrics with 95 % bootstrap intervals (Sharpe, annualized return), the probabilistic Sharpe ratio and the deflated Sharpe ratio, whose number of trials is every configuration recorded on the same data in the store."""
-    from portopt.sweep import data_hash, deflated_sharpe, record, trials
-    data = _load(dataset, prices, source, _split(assets), as_of, periods_per_year, missing, max_fill, store)
-    p = data.prices
-    every = int(rebalance_every) if rebalance_every.strip().isdigit() else rebalance_every.strip()
-    volumes = caps = None
-    bench = [] if benchmarks.strip().lower() == "none" else _split(benchmarks)
-    if impact_coefficient or "market_cap" in bench:
-        if dataset is None:
-            raise ConfigError("--impact-coefficient and the market_cap benchmark need --dataset (a price file's volumes and market caps are not read)")
-        volumes = load_volumes(dataset, assets=list(p.columns)).reindex(p.index) if impact_coefficient else None
-        caps = load_market_caps(dataset, assets=list(p.columns)) if "market_cap" in bench else None
-    options = dict(window=window, expanding=expanding, rebalance_every=every, band=band, fee_bps=fee_bps, slippage_bps=slippage_bps,
-                   impact_coefficient=impact_coefficient, capital=capital, start=start, cash=cash, max_weight=max_weight,
-                   drawdown_limit=drawdown_limit, cooldown=cooldown, on_failure=on_failure,
-                   missing="raise" if missing == "raise" else "exclude",  # "ffill" already filled the prices
-                   params={"risk_measure": risk_measure} if risk_measure else {})
-    results = compare(p, _split(strategy), periods_per_year=periods_per_year, benchmarks=bench, progress=not json_,
-                      volumes=volumes, market_caps=caps, **options)
-    dh = data_hash(p, volumes, caps)
-    rows, deflated = {}, None
-    with open_store(store) as st:
-        for name, res in results.items():
-            if save:
-                record(st, res, dh)
-        registry = trials(st, dh)  # read once for every result
-        for name, res in results.items():
-            deflated = deflated_sharpe(st, res, dh, registry)
-            rows[name] = dict(res.summary(n_trials=deflated["n_trials"], sharpe_variance=deflated["sharpe_variance"]))
-    excluded = {k: {a: f"left out of {n} decision(s), last: {w}" for a, (n, w) in _excluded_from_log(v.log).items()}
-                for k, v in results.items()}
+    p = build(BacktestParams, dataset=dataset, prices=prices, source=source, assets=assets, as_of=as_of, periods_per_year=periods_per_year,
+                       missing=missing, max_fill=max_fill, strategy=strategy, window=window, expanding=expanding,
+                       rebalance_every=rebalance_every, band=band, fee_bps=fee_bps, slippage_bps=slippage_bps,
+                       impact_coefficient=impact_coefficient, capital=capital, start=start, cash=cash, max_weight=max_weight,
+                       drawdown_limit=drawdown_limit, cooldown=cooldown, on_failure=on_failure, risk_measure=risk_measure,
+                       benchmarks=benchmarks, save=save)
+    done = backtest_command(p, store, progress=not json_)   # a client's backtest request runs the same (portopt.commands)
+    rows, deflated, excluded, data = done.rows, done.deflated, done.excluded, done.data
     if json_:
-        first = _split(strategy)[0]
-        out = dict(results[first].to_dict(), summary=rows[first], data_hash=dh, frequency=data.frequency.to_dict(),
-                   data=data.to_dict(), excluded=excluded,  # every strategy's and benchmark's full result, trades, weights and log
-                   results={k: dict(v.to_dict(), metrics=rows[k], excluded=excluded[k]) for k, v in results.items()})
-        if bench:
-            b = benchmark_name(bench[0])
-            out["benchmark"] = dict(strategy=b, metrics=rows[b], returns=out["results"][b]["returns"])
-        typer.echo(json.dumps(out, indent=2, default=str))
+        typer.echo(json.dumps(done.result, indent=2, default=str))
         return
     table = pd.DataFrame(rows).T
     cols = ["total_return", "annualized_return", "annualized_return_low", "annualized_return_high", "annualized_volatility", "sharpe",
@@ -375,7 +253,7 @@ def backtest_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: Sour
     for k, ex in excluded.items():
         if ex:
             typer.echo(f"excluded in {k}: " + "; ".join(f"{a} {w}" for a, w in ex.items()))
-    for k, v in results.items():  # e.g. max_sharpe's closed form when no asset beats the risk-free rate: said, never silent
+    for k, v in done.results.items():  # e.g. max_sharpe's closed form when no asset beats the risk-free rate: said, never silent
         if v.formulations:
             first = v.log.loc[v.log["event"] == "formulation", "detail"].iloc[0]
             typer.echo(f"formulation in {k}: {v.formulations} decision(s) not from the strategy's program; the first: {first[:200]}")
@@ -442,15 +320,16 @@ def reallocate_(portfolio: Annotated[str, typer.Argument(help="Portfolio name in
     """Decide whether a portfolio needs trades: no reallocation, a plan, or a failed-liquidity report; saved in the store.
     The portfolio's settings (`portopt portfolio show NAME`) decide the window, periods per year and missing-data
     policy; the options override them for this run, and the settings used are printed and stored with the decision."""
-    from portopt.reallocate import ensure_demo_portfolio, reallocate_portfolio
+    from portopt.reallocate import ensure_demo_portfolio
+    p = build(ReallocateParams, portfolio=portfolio, as_of=as_of, execute=execute, window=window, periods_per_year=periods_per_year,
+                         missing=missing, max_fill=max_fill)
     with open_store(store) as st:
         if portfolio == "demo":
             ensure_demo_portfolio(st)
-        status, decision, rid = reallocate_portfolio(st, portfolio, as_of=as_of, execute=execute,
-                                                     overrides=dict(window=window, periods_per_year=periods_per_year, missing=missing, max_fill=max_fill))
-        stored_plan = st.read_reallocations(portfolio).set_index("id").loc[rid, "plan"]
+        done = reallocate_command(p, st)   # a client's reallocate request runs the same (portopt.commands)
+        status, decision, stored_plan, rid = done.status, done.decision, done.plan, done.result["id"]
         if json_:
-            typer.echo(json.dumps(dict(status=status, id=rid, plan=stored_plan), indent=2, default=str))
+            typer.echo(json.dumps(done.result, indent=2, default=str))
             return
     reason = decision.reason if decision is not None else stored_plan.get("reason")
     typer.echo(f"{portfolio}: {status}" + (f" — {reason}" if reason else ""))
@@ -656,6 +535,63 @@ def collect_solana_(config: ConfigFileOpt = None, store: StoreOpt = None,
     _collect("collect-solana", config, store, quiet)
 
 # %% ../nbs/90_cli.ipynb #334427dc
+def _request_parameters(pairs: list[str] | None, params_json: str | None) -> dict:
+    "Request parameters from `--params '{...}'` and `key=value` pairs (a value is read as JSON when it is JSON: 90, true, [..])."
+    out = {}
+    if params_json:
+        try:
+            out = json.loads(params_json)
+        except ValueError as e:
+            raise ConfigError(f"--params {params_json[:60]!r}: not JSON ({e}); give an object such as '{{\"window\": 90}}'") from None
+        if not isinstance(out, dict):
+            raise ConfigError(f"--params: give a JSON object (name: value), not {type(out).__name__}")
+    for pair in pairs or []:
+        k, eq, v = pair.partition("=")
+        if not eq or not k.strip():
+            raise ConfigError(f"parameter {pair!r}: give name=value, e.g. window=90 or assets=BTC,ETH")
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v
+    return out
+
+@app.command("request")
+def request_(kind: Annotated[str, typer.Argument(help="optimize, backtest, reallocate, sweep or report.")],
+             parameters: Annotated[Optional[list[str]], typer.Argument(help="The command's parameters as name=value (window=90, assets=BTC,ETH, strategy=hrp; notebook=true runs it through papermill, timeout=60 stops it after 60 s between steps).")] = None,
+             params_json: Annotated[Optional[str], typer.Option("--params", help="The parameters as one JSON object (name=value pairs override it).")] = None,
+             wait: Annotated[bool, typer.Option("--wait", help="Wait for the result (the embedded store: run it here unless `portopt listen` takes it).")] = False,
+             timeout: Annotated[float, typer.Option(callback=_checked(positive, "--timeout"), help="With --wait: seconds to wait before giving up (the request goes on).")] = 600.0,
+             idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key", help="A key of yours: asking again with it returns the first request.")] = None,
+             token: Annotated[Optional[str], typer.Option("--token", envvar="SUPABASE_ACCESS_TOKEN", show_envvar=True, help="The signed-in user's access token (a Supabase Auth JWT); with SUPABASE_URL and SUPABASE_ANON_KEY the request goes through the project's REST API as that user.")] = None,
+             store: StoreOpt = None, json_: JsonOpt = False):
+    """Ask for an optimization, a backtest, a reallocation, a sweep or a report, as a client application does: a row in
+    `requests` that the listener runs with the same code as the command (its result is the command's --json).
+
+    With SUPABASE_URL set it goes through PostgREST as the signed-in user: SUPABASE_ANON_KEY and the user's access token
+    (SUPABASE_ACCESS_TOKEN or --token); `portopt listen` on the project runs it. Without, the embedded store's one local
+    user asks, and --wait runs it here. Prints the request's id and status (and the result with --json); exits 1 when it
+    failed, was rejected or cancelled."""
+    from portopt.client import connect, request
+    params = _request_parameters(parameters, params_json)
+    st = connect(access_token=token, store=store)
+    try:
+        row = request(kind, params, wait=wait, timeout=timeout, idempotency_key=idempotency_key, store=st)
+    finally:
+        st.close()
+    if json_:
+        typer.echo(json.dumps(row, indent=2, default=str))
+    else:
+        took = f" in {row['duration']:.2f} s" if isinstance(row.get("duration"), (int, float)) and row["status"] != "queued" else ""
+        typer.echo(f"request {row['id']} ({row['kind']}): {row['status']}{took}" + (f" — {row['error']}" if row.get("error") else ""))
+        if row["status"] == "queued" and not wait:
+            typer.echo("queued: `portopt listen` runs it; `portopt request ... --wait` waits for it")
+        for k, v in (row.get("report") or {}).items():
+            typer.echo(f"{k}: {v}")
+        result = row.get("result") or {}
+        if row["kind"] == "optimize" and result.get("weights"):
+            _echo_table(pd.DataFrame({"weight": result["weights"]}).round(4))
+    return 1 if row["status"] in ("failed", "rejected", "cancelled") else 0
+
 @app.command()
 def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending events, then exit (else: wait for new ones).")] = False,
            papermill: Annotated[bool, typer.Option("--papermill/--direct", help="Rebalance by running reports/rebalance.ipynb "
@@ -698,7 +634,10 @@ def listen(once: Annotated[bool, typer.Option("--once", help="Handle the pending
     typer.echo(f"handled {len(out) - len(failed)} event(s), {len(failed)} failed" +
                "".join(f"\n  event {o.event_id} ({o.topic}): {o.error}" for o in failed) +
                f"; portfolios: {sum(u.status == 'succeeded' for u in units)} rebalanced, {len(bad)} failed" +
-               "".join(f"\n  {u.portfolio} (event {u.event_id}): {u.error}" for u in bad))
+               "".join(f"\n  {u.portfolio} (event {u.event_id}): {u.error}" for u in bad) +
+               (f"; requests: {sum(s.status == 'succeeded' for s in listener.served)} succeeded, "
+                f"{sum(s.status in ('failed', 'rejected', 'cancelled') for s in listener.served)} failed, rejected or cancelled"
+                if listener.served else ""))
 
 @app.command()
 def schedule(file: Annotated[Path, typer.Argument(help="TOML schedule: \\[\\[job]] tables with name, cron or every, report or call, parameters.")],
@@ -866,37 +805,22 @@ def sweep_(dataset: DatasetOpt = None, prices: PricesOpt = None, source: SourceO
 
     Every configuration is checked before any work starts.
     A window longer than the data, a rebalance period of 0 or an unknown strategy ends with one error line, and nothing is written."""
-    from .sweep import grid, sweep
     axes = dict(strategy=_split(strategies), window=_numbers("--window", window),
                 rebalance_every=_numbers("--rebalance-every", rebalance_every, names=("weekly", "monthly")),
                 fee_bps=_numbers("--fee-bps", fee_bps, float))
     for name, values in axes.items():
         if not values:
             raise ConfigError(f"--{name.replace('_', '-')}: give at least one value")
-    if risk_measure:
-        axes["risk_measure"] = _split(risk_measure)
-    if start:
-        axes["start"] = [start]
-    if missing == "raise":  # "ffill" fills the prices once, below
-        axes["missing"] = [missing]
-    data = _load(dataset, prices, source, _split(assets), as_of, periods_per_year, missing, max_fill, store)
-    configs = grid(**axes)
+    params = build(SweepParams, dataset=dataset, prices=prices, source=source, assets=assets, as_of=as_of,
+                   periods_per_year=periods_per_year, missing=missing, max_fill=max_fill, strategies=axes["strategy"],
+                   window=axes["window"], rebalance_every=axes["rebalance_every"], fee_bps=axes["fee_bps"],
+                   risk_measure=risk_measure, start=start, scheduler=scheduler, workers=workers)
+    done = sweep_command(params, store, progress=not json_)   # a client's sweep request runs the same (portopt.commands)
+    res, axes, data, excluded, where = done.sweep, done.axes, done.data, done.excluded, done.where
     p = data.prices
-    with open_store(store) as st:
-        res = sweep(p, configs, periods_per_year=periods_per_year, store=st, scheduler=scheduler, n_workers=workers,
-                    progress=not json_)
-        where = str(st.path)
     best = None if res.best is None else res.table[res.table["key"] == res.best].iloc[0]
-    excluded = {}
-    for v in res.results.values():
-        for a, (n, w) in _excluded_from_log(v.log).items():
-            excluded[a] = f"left out of decisions in some configurations, last: {w}"
     if json_:
-        out = dict(data_hash=res.data_hash, store=where, hits=res.hits, misses=res.misses,
-                   configs=json.loads(res.table.to_json(orient="records")),
-                   best=None if best is None else json.loads(best.to_json()), dsr=res.dsr,
-                   frequency=data.frequency.to_dict(), data=data.to_dict(), excluded=excluded)
-        typer.echo(json.dumps(out, indent=2, default=str))
+        typer.echo(json.dumps(done.result, indent=2, default=str))
         return
     shown = [c for c in res.table.columns if c not in ("key", "worker", "total_costs", "rebalances")]
     _echo_table(res.table[shown].round(4))

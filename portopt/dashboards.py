@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import get_settings
+from .config import StoreError, get_settings
 from .store import SQLiteStore, Store
 from .stores import open_store
 
@@ -18,8 +18,8 @@ from .stores import open_store
 __all__ = ['VOILA_ENV', 'QUOTE', 'STRATEGY_COLORS', 'LIVE_SECTIONS', 'LIVE_CHARTS', 'PALETTE', 'TEMPLATE', 'open_for_reading',
            'web_app_recompute', 'latest_run', 'shown_run', 'when', 'made_by', 'pct', 'money', 'num', 'utilization',
            'strategy_color', 'recolor', 'tidy', 'show', 'served_report', 'portfolio_labels', 'live_sections',
-           'overview_charts', 'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot', 'live_block',
-           'live_script', 'template_dir', 'voila_env', 'voila_command', 'LiveSnapshots', 'serve']
+           'requests_table', 'overview_charts', 'store_key', 'live_snapshot', 'live_path', 'write_live_snapshot',
+           'live_block', 'live_script', 'template_dir', 'voila_env', 'voila_command', 'LiveSnapshots', 'serve']
 
 # %% ../nbs/51_dashboards.ipynb #ad8d925c
 def open_for_reading(store_path=None) -> Store:
@@ -158,7 +158,7 @@ import sys
 import threading
 import time
 
-LIVE_SECTIONS = ("portfolios", "runs", "alerts", "trades")
+LIVE_SECTIONS = ("portfolios", "runs", "alerts", "trades", "requests")
 
 def _table(frame: pd.DataFrame, css: str = "", **kw) -> str:
     return frame.to_html(classes=f"po-table {css}", border=0, na_rep="", **kw)
@@ -243,7 +243,33 @@ def live_sections(store: Store) -> dict[str, str]:
                                   "impact (bps)": t["impact_bps"].map("{:,.1f}".format)})
             trades.append(f"<b>{_html.escape(str(name))}</b> — trades of the latest decision:" + _table(shown, "po-trades", index=False))
     out["trades"] = "".join(trades)
+    out["requests"] = requests_table(store)
     return out
+
+def _request_link(report) -> str:
+    "A link to a request's HTML report (`report['html']`) where Voila serves it, or ''."
+    html = (report or {}).get("html") if isinstance(report, dict) else None
+    if not html:
+        return ""
+    p = Path(str(html))
+    href = _html.escape(f"../files/{served_report(p.parent, p.stem)}")
+    return f'<a class="po-report" href="{href}" target="_blank">{_html.escape(p.parent.name)}</a>'
+
+def requests_table(store: Store, limit: int = 20) -> str:
+    """The latest `limit` client requests the store shows (a signed-in user: their own; the service role and the embedded
+    store: everyone's, with the owner) as an HTML table: when asked, owner, kind, status, duration (s), a link to the
+    report, the error. '' when there are none. Only reads `store`."""
+    try:
+        req = store.read_requests(limit=limit)
+    except StoreError:   # a store without requests for this key (anon): nothing to show
+        return ""
+    if req.empty:
+        return ""
+    shown = pd.DataFrame({"asked": req["created_at"].map(when), "owner": req["owner"].map(lambda o: str(o)[:8]),
+                          "kind": req["kind"], "status": req["status"],
+                          "duration (s)": req["duration"].map(lambda d: "" if d is None or d != d else f"{d:,.2f}"),
+                          "report": req["report"].map(_request_link), "error": req["error"].fillna("").map(_html.escape)})
+    return _table(shown, "po-requests", escape=False, index=False)
 
 
 # %% ../nbs/51_dashboards.ipynb #6b2d1e8f

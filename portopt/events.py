@@ -18,17 +18,18 @@ import pandas as pd
 from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
 from .clean import clean_prices, resolve_frequency, returns, to_utc
-from .config import ConfigError, DataError, PortoptError, StoreError, get_settings, redact
+from .config import ConfigError, DataError, PortoptError, StoreError, get_settings, one_line, redact
 from .optimize import STRATEGIES, estimation_window, optimize
 from .portfolio import PortfolioSettings, portfolio_settings_from
 from .reallocate import ReallocationSettings, read_recent_prices, reallocate_portfolio
-from .store import ClaimLost, PendingWrites, Store, read_prices_from, to_iso
+from .store import REQUEST_DONE, ClaimLost, PendingWrites, Store, read_prices_from, to_iso
 
 log = logging.getLogger("portopt.events")
 
 # %% auto #0
 __all__ = ['log', 'PORTFOLIO_DEFAULTS', 'DATA_TOPICS', 'portfolio_settings', 'Alert', 'check_alerts', 'post_webhook',
-           'raise_alerts', 'Rebalance', 'rebalance', 'affected_portfolios', 'WarmKernel', 'Unit', 'Outcome', 'Listener']
+           'raise_alerts', 'Rebalance', 'rebalance', 'affected_portfolios', 'WarmKernel', 'Unit', 'Served',
+           'RequestStopped', 'Outcome', 'Listener']
 
 # %% ../nbs/60_events.ipynb #dbc54073
 PORTFOLIO_DEFAULTS = PortfolioSettings().stored()  # the one place defaults live is PortfolioSettings
@@ -270,6 +271,20 @@ class Unit:
     portfolio_id: str | None = None
 
 @dataclass
+class Served:
+    """What the listener did with one client request (`requests`): `succeeded`, `failed`, `rejected` (bad parameters:
+    nothing ran), `cancelled`, `skipped` (finished already, or held by another listener's live lease) or `interrupted`
+    (its run could not be closed: the lease expires and `Listener.recover` runs it again). `run_id`: its unit's `runs` row."""
+    request_id: str
+    kind: str
+    status: str
+    run_id: str | None = None
+    error: str | None = None
+
+class RequestStopped(PortoptError):
+    "A request stopped between two steps: cancelled by its owner, or past its `timeout`."
+
+@dataclass
 class Outcome:
     """What the listener did with one event: `handled`, or `failed` (recorded in `runs` with `error`). `units`: the
     (event, portfolio) units of a data event, each `succeeded`, `failed`, `skipped` or `interrupted`."""
@@ -317,7 +332,8 @@ class Listener:
             raise ConfigError("the listener needs the direct Postgres connection of the Supabase project: set "
                               "SUPABASE_DB_URL (Project settings → Database → Connection string)")
         self.handlers = {"prices": Listener.on_data, "market_metrics": Listener.on_data, "holdings": Listener.on_data,
-                         "alerts": Listener.on_alert, **(handlers or {})}
+                         "alerts": Listener.on_alert, "requests": Listener.on_request, **(handlers or {})}
+        self.served: list[Served] = []  # every client request this listener ran, in order
         self._claim_conn = self._listen_conn = None
         self.kernel = WarmKernel(cwd=reports_dir or get_settings().reports_dir) if papermill and warm_kernel else None
         self.outcomes: list[Outcome] = []
@@ -442,6 +458,103 @@ class Listener:
                 runs.append(u.run_id)
         return runs
 
+    # -- client requests -------------------------------------------------------------------
+    def on_request(self, topic: str, event_id: int, payload) -> list[str]:
+        "A client's request was queued (`requests` row): run it (`run_request`). Returns its run id."
+        if not isinstance(payload, dict) or not isinstance(payload.get("request_id"), str):
+            raise DataError(f"requests event: payload {payload!r} names no request_id")
+        s = self.run_request(payload["request_id"])
+        return [s.run_id] if s.run_id and s.status not in ("skipped", "interrupted") else []
+
+    def run_request(self, request_id: str, retry_failed: bool = False) -> Served:
+        """Claim the request's unit (`request:<id>`, with the lease) and run it: its parameters checked with the command's
+        model (`portopt.commands.parse_request`; a bad one ends `rejected` with the reason and runs nothing), then the
+        command (`run_command`, the CLI's code) or, for `report` and `"notebook": true`, papermill. Its status, result,
+        report and error are written with the run's close in one transaction (`Store.complete_run`, pending write
+        `request`), with any results it stores (a reallocation). Cancellation and `timeout` are checked between steps.
+        Never raises for the request's own failure; another request is never affected."""
+        row = self.store.request_row(request_id)
+        if row is None or row["status"] in REQUEST_DONE:
+            return self._served(Served(str(request_id), row["kind"] if row else "", "skipped",
+                                       error=None if row else "no such request"))
+        claimed = self.store.claim_unit(f"request:{request_id}", "request",
+                                        {"request_id": str(request_id), "kind": row["kind"], "owner": row["owner"]},
+                                        trigger="request", lease_seconds=self.lease, retry_failed=retry_failed)
+        if claimed is None:
+            return self._served(Served(str(request_id), row["kind"], "skipped"))
+        status = self.store.start_request(request_id)
+        write, writes, output = self._execute_request(row, status)
+        try:
+            self.store.complete_run(claimed, [write] + writes, output_path=output, claim=claimed.token)
+        except ClaimLost as e:  # taken over by another listener (this one was too slow): its to finish
+            return self._served(Served(str(request_id), row["kind"], "interrupted", str(claimed), redact(str(e))))
+        now = self.store.request_row(request_id)
+        final = now["status"] if now else write["status"]
+        return self._served(Served(str(request_id), row["kind"], final, str(claimed),
+                                   write.get("error") if final == write["status"] else (now or {}).get("error")))
+
+    def _served(self, s: Served) -> Served:
+        self.served.append(s)
+        if s.status in ("failed", "rejected"):
+            log.info("request %s (%s) %s: %s", s.request_id, s.kind, s.status, s.error)
+        return s
+
+    def _execute_request(self, row: dict, status: str | None):
+        "Run a claimed request: (the `request` write, the results it stores, its output folder)."
+        from portopt.commands import REQUEST_OPTIONS, parse_request, run_command
+        rid = str(row["id"])
+        base = dict(write="request", id=rid)
+        if status != "running":  # cancelled before it started: nothing runs (complete_run leaves it cancelled)
+            return dict(base, status=status or "cancelled"), [], None
+        try:
+            req = parse_request(row["kind"], row["parameters"])
+        except ConfigError as e:
+            return dict(base, status="rejected", error=one_line(e)), [], None
+        raw = {k: v for k, v in row["parameters"].items() if k not in REQUEST_OPTIONS}
+        if row.get("portfolio_id") and "portfolio" in type(req.params).model_fields:
+            # the portfolio the database checked is its owner's, by id: the listener (which sees every owner's) uses the id
+            req.params = req.params.model_copy(update={"portfolio": row["portfolio_id"]})
+            raw["portfolio"] = row["portfolio_id"]
+        started = time.monotonic()
+
+        def checkpoint(step: str) -> None:
+            now = self.store.request_row(rid)
+            if now is None or now["status"] == "cancelled":
+                raise RequestStopped(f"cancelled by its owner (stopped before {step})")
+            if time.monotonic() - started > req.timeout:
+                raise RequestStopped(f"timeout: ran {time.monotonic() - started:.1f} s, beyond its timeout of {req.timeout:g} s "
+                                     f"(stopped before {step}; the timeout is checked between steps)")
+        try:
+            if req.kind == "report" or req.notebook:
+                result, report, writes, output = self._request_notebook(req, raw, checkpoint)
+            else:
+                pending = PendingWrites(self.store)
+                result = run_command(req.kind, req.params, pending, checkpoint=checkpoint)
+                report, writes, output = None, pending.writes, None
+            checkpoint("storing the result")
+            return dict(base, status="succeeded", result=result, report=report), writes, output
+        except RequestStopped as e:
+            return dict(base, status="cancelled" if str(e).startswith("cancelled") else "failed", error=one_line(e)), [], None
+        except Exception as e:  # the request's own failure: recorded on its row, the listener goes on
+            return dict(base, status="failed", error=one_line(f"{type(e).__name__}: {e}")), [], None
+
+    def _request_notebook(self, req, raw: dict, checkpoint):
+        """Run a request through papermill, in the warm kernel when there is one: a `report` request's notebook, or
+        `reports/request.ipynb` for another kind (it runs the same command and leaves `result.json` and `writes.json`).
+        Returns (result, report `{notebook, html}`, writes, folder)."""
+        from portopt.commands import report_command
+        from portopt.reports import run_report
+        checkpoint("starting the notebook")
+        km = None if self.kernel is None else self.kernel.ready()
+        kw = dict(reports_dir=self.reports_dir, runs_dir=self.runs_dir, kernel_manager=km)
+        if req.kind == "report":
+            result = report_command(req.params, self.store, trigger="request", **kw)
+            return result, {"notebook": result["notebook"], "html": result["html"]}, [], result["folder"]
+        done = run_report("request", {"kind": req.kind, "request": raw}, store=self.store, trigger="request", hand_back=False, **kw)
+        result = json.loads((done.folder / "result.json").read_text())
+        writes = json.loads((done.folder / "writes.json").read_text())
+        return result, {"notebook": str(done.notebook), "html": str(done.html)}, writes, str(done.folder)
+
     def on_alert(self, topic: str, event_id: int, payload) -> list[str]:
         "A new alert: nothing more to do here (`raise_alerts` has posted it); kept as a hook."
         return []
@@ -453,6 +566,9 @@ class Listener:
         for status in ("expired",) + (("failed",) if retry_failed else ()):
             for _, r in self.store.read_units(status).iterrows():
                 p = r["parameters"] if isinstance(r["parameters"], dict) else json.loads(r["parameters"])
+                if r["job"] == "request" and "request_id" in p:  # a client request whose listener died mid-run
+                    self.run_request(p["request_id"], retry_failed=True)
+                    continue
                 if r["job"] != "rebalance" or "portfolio" not in p or "event_id" not in p:
                     continue
                 pid = p.get("portfolio_id") or self.store.portfolio_id(p["portfolio"], missing_ok=True)  # older units: a name

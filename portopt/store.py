@@ -23,10 +23,10 @@ from .portfolio import portfolio_settings_from
 from .data import dataset_info, load_dataset
 
 # %% auto #0
-__all__ = ['SCHEMA_V1', 'MIGRATIONS', 'SCHEMA_VERSION', 'TABLES', 'utc_now', 'to_iso', 'content_id', 'optimization_id',
-           'reallocation_id', 'one_portfolio', 'to_json', 'WriteResult', 'ClaimLost', 'Claim', 'Store',
-           'validate_metrics', 'validate_units', 'SQLiteStore', 'ensure_dataset', 'source_names', 'read_prices_from',
-           'PendingWrites', 'apply_writes']
+__all__ = ['SCHEMA_V1', 'MIGRATIONS', 'SCHEMA_VERSION', 'TABLES', 'REQUEST_KINDS', 'REQUEST_STATUSES', 'REQUEST_DONE', 'utc_now',
+           'to_iso', 'content_id', 'optimization_id', 'reallocation_id', 'one_portfolio', 'to_json', 'WriteResult',
+           'ClaimLost', 'Claim', 'Store', 'validate_metrics', 'validate_units', 'SQLiteStore', 'ensure_dataset',
+           'source_names', 'read_prices_from', 'PendingWrites', 'apply_writes']
 
 # %% ../nbs/03_store.ipynb #c7611468
 SCHEMA_V1 = """
@@ -186,10 +186,28 @@ CREATE TRIGGER price_bars_revised BEFORE UPDATE ON price_bars BEGIN
     INSERT OR REPLACE INTO price_revisions VALUES (OLD.asset_id, OLD.ts, OLD.source_id, OLD.open, OLD.high, OLD.low,
         OLD.close, OLD.volume, OLD.market_cap, OLD.recorded_at, NEW.recorded_at);
 END"""),
+    # 8: requests from client applications (issue 16): a client's optimize/backtest/reallocate/sweep/report request, its
+    # status, result (the CLI's --json shape), report and error; run by the listener as the unit 'request:<id>'. The
+    # embedded store has one user (owner 'local'); Supabase adds row-level security and quotas (its migration)
+    (8, f"""CREATE TABLE requests (
+    id TEXT PRIMARY KEY NOT NULL DEFAULT ({_UUID_SQL}),
+    owner TEXT NOT NULL DEFAULT 'local',
+    kind TEXT NOT NULL CHECK (kind IN ('optimize', 'backtest', 'reallocate', 'sweep', 'report')),
+    parameters TEXT NOT NULL DEFAULT '{{}}' CHECK (CASE WHEN json_valid(parameters) THEN json_type(parameters) = 'object' ELSE 0 END),
+    idempotency_key TEXT CHECK (length(idempotency_key) BETWEEN 1 AND 200),
+    portfolio_id TEXT REFERENCES portfolios(id) ON DELETE CASCADE,
+    status TEXT NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'rejected', 'cancelled')),
+    result TEXT, report TEXT, error TEXT,
+    created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT, duration REAL,
+    UNIQUE (owner, idempotency_key));
+CREATE INDEX requests_owner_created ON requests (owner, created_at)"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 TABLES = ("assets", "prices", "market_metrics", "portfolios", "holdings", "optimizations",
-          "reallocations", "backtests", "runs", "events", "alerts")
+          "reallocations", "backtests", "runs", "events", "alerts", "requests")
+REQUEST_KINDS = ("optimize", "backtest", "reallocate", "sweep", "report")   # what a client may ask for (the CLI's commands)
+REQUEST_STATUSES = ("queued", "running", "succeeded", "failed", "rejected", "cancelled")
+REQUEST_DONE = ("succeeded", "failed", "rejected", "cancelled")             # a request in one of these never changes again
 
 # %% ../nbs/03_store.ipynb #0e720c82
 def utc_now() -> str:
@@ -446,6 +464,43 @@ class Store(ABC):
     def mark_events_consumed(self, ids) -> int:
         "Mark outbox rows consumed (a listener has handled them); returns how many changed."
 
+    @abstractmethod
+    def submit_request(self, kind: str, parameters: dict | None = None, idempotency_key: str | None = None,
+                       owner: str | None = None) -> dict:
+        """Queue a client's request (`kind`: one of `REQUEST_KINDS`; `parameters`: a JSON object) and its outbox event
+        (topic `requests`), in one transaction; returns the row (a dict of `read_requests`' columns). A repeated
+        `idempotency_key` of the same owner returns the first request and queues nothing. `owner`: the signed-in user
+        on Supabase (the service role names one), `local` in the embedded store. Raises `ConfigError` for an unknown
+        kind, parameters that are no object, or a `portfolio` parameter naming none of the owner's portfolios; on
+        Supabase also for a spent quota. The parameters themselves are checked when the listener picks it up."""
+
+    @abstractmethod
+    def read_requests(self, owner: str | None = None, status: str | None = None, limit: int | None = 100) -> pd.DataFrame:
+        """Requests, newest first (those the caller may see: a user's own on Supabase): id, owner, kind, parameters,
+        idempotency_key, portfolio_id, status, result, report, error, created_at, started_at, finished_at, duration (s)."""
+
+    def request_row(self, request_id: str) -> dict | None:
+        "One request as a dict (columns of `read_requests`), or `None` when there is none with that id."
+        rows = self.read_requests(limit=None)
+        rows = rows[rows["id"] == str(request_id)]
+        return None if rows.empty else rows.iloc[0].to_dict()
+
+    @abstractmethod
+    def start_request(self, request_id: str) -> str | None:
+        """Mark a claimed request `running` (its first `started_at` is kept); returns its status after: `running`, or
+        the status it has when it was no longer queued or running (`cancelled`), or `None` when there is none."""
+
+    @abstractmethod
+    def cancel_request(self, request_id: str) -> dict:
+        """Cancel a queued or running request (the listener honours it between steps); returns the row. Raises
+        `StoreError` when there is no such request of the caller's, or it is finished."""
+
+    @abstractmethod
+    def finish_request(self, write: dict) -> bool:
+        """Write a request's end (`write`: the pending write `{'write': 'request', 'id', 'status', 'result', 'report',
+        'error'}`) if it is still queued or running; returns whether it was. Called by `complete_run` within the run's
+        close (a request cancelled meanwhile stays cancelled)."""
+
     def portfolio_row(self, portfolio: str) -> dict:
         """The stored portfolio `portfolio` names: its id, or its name among the portfolios this store sees (one owner's
         under row-level security; in a shared store a name held by several owners must be given by id). A dict of
@@ -483,8 +538,10 @@ class Store(ABC):
         runs `apply_writes` and `finish_run` inside `atomic` (`SQLiteStore`: one transaction); `SupabaseStore` sends them
         as one call (`complete_unit`, one PostgreSQL transaction)."""
         with self.atomic():
-            ids = apply_writes(self, writes)
-            self.finish_run(run_id, "succeeded", output_path=output_path, claim=claim)
+            outcome = {}
+            ids = apply_writes(self, writes, outcome)
+            self.finish_run(run_id, "failed" if outcome.get("error") else "succeeded", output_path=output_path,
+                            error=outcome.get("error"), claim=claim)
         return ids
 
     def has_prices(self, source: str) -> bool:
@@ -1206,6 +1263,86 @@ class SQLiteStore(Store):
         out["parameters"] = out["parameters"].map(json.loads)
         return out
 
+    # -- requests from clients (one local user) -------------------------------------------------
+    def submit_request(self, kind, parameters=None, idempotency_key=None, owner=None):
+        owner, parameters = owner or "local", {} if parameters is None else parameters
+        if kind not in REQUEST_KINDS:
+            raise ConfigError(f"request kind {kind!r}: choose one of {', '.join(REQUEST_KINDS)}")
+        if not isinstance(parameters, dict):
+            raise ConfigError(f"request parameters must be a JSON object (name: value), not {type(parameters).__name__}")
+        if idempotency_key is not None and not (isinstance(idempotency_key, str) and 1 <= len(idempotency_key) <= 200):
+            raise ConfigError("idempotency_key: give text of 1 to 200 characters")
+        with self._transaction() as conn:
+            if idempotency_key is not None:
+                row = conn.execute("SELECT id FROM requests WHERE owner = ? AND idempotency_key = ?", (owner, idempotency_key)).fetchone()
+                if row is not None:
+                    return self.request_row(row[0])
+            pid = None
+            if "portfolio" in parameters:
+                if not isinstance(parameters["portfolio"], str):
+                    raise ConfigError(f"request parameter portfolio must be a portfolio's name or id (text), not {parameters['portfolio']!r}")
+                pid = self._pid(conn, parameters["portfolio"], missing_ok=True)
+                if pid is None:
+                    raise ConfigError(f"no portfolio {parameters['portfolio']!r} among your portfolios; create it first or name one of yours")
+            rid = str(uuid.uuid4())
+            conn.execute("INSERT INTO requests (id, owner, kind, parameters, idempotency_key, portfolio_id, created_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (rid, owner, kind, to_json(parameters), idempotency_key, pid, utc_now()))
+            self._event(conn, "requests", dict(request_id=rid, kind=kind, owner=owner))
+        return self.request_row(rid)
+
+    def read_requests(self, owner=None, status=None, limit=100):
+        where, args = ["1 = 1"], []
+        if owner is not None:
+            where.append("owner = ?"); args.append(owner)
+        if status is not None:
+            where.append("status = ?"); args.append(status)
+        out = pd.read_sql_query(f"SELECT * FROM requests WHERE {' AND '.join(where)} ORDER BY created_at DESC, id LIMIT ?",
+                                self.conn, params=args + [-1 if limit is None else int(limit)])
+        for c in ("parameters", "result", "report"):
+            out[c] = out[c].map(lambda v: None if v is None else json.loads(v))
+        return out
+
+    def request_row(self, request_id):
+        out = pd.read_sql_query("SELECT * FROM requests WHERE id = ?", self.conn, params=[str(request_id)])
+        if out.empty:
+            return None
+        row = out.iloc[0].to_dict()
+        for c in ("parameters", "result", "report"):
+            row[c] = None if row[c] is None else json.loads(row[c])
+        return row
+
+    def start_request(self, request_id):
+        with self._transaction() as conn:
+            conn.execute("UPDATE requests SET status = 'running', started_at = coalesce(started_at, ?) "
+                         "WHERE id = ? AND status IN ('queued', 'running')", (utc_now(), str(request_id)))
+            row = conn.execute("SELECT status FROM requests WHERE id = ?", (str(request_id),)).fetchone()
+        return None if row is None else row[0]
+
+    def cancel_request(self, request_id):
+        now = utc_now()
+        with self._transaction() as conn:
+            row = conn.execute("SELECT status, coalesce(started_at, created_at) FROM requests WHERE id = ?", (str(request_id),)).fetchone()
+            if row is None:
+                raise StoreError(f"no request {request_id!r} in {self.path}")
+            if row[0] not in ("queued", "running"):
+                raise StoreError(f"request {request_id} is {row[0]}: only a queued or running request can be cancelled")
+            conn.execute("UPDATE requests SET status = 'cancelled', error = 'cancelled by its owner', finished_at = ?, duration = ? "
+                         "WHERE id = ?", (now, (pd.Timestamp(now) - pd.Timestamp(row[1])).total_seconds(), str(request_id)))
+        return self.request_row(request_id)
+
+    def finish_request(self, write):
+        now = utc_now()
+        with self._transaction() as conn:
+            row = conn.execute("SELECT coalesce(started_at, created_at) FROM requests WHERE id = ? AND status IN ('queued', 'running')",
+                               (str(write["id"]),)).fetchone()
+            if row is None:
+                return False
+            conn.execute("UPDATE requests SET status = ?, result = ?, report = ?, error = ?, finished_at = ?, duration = ? WHERE id = ?",
+                         (write["status"], None if write.get("result") is None else to_json(write["result"]),
+                          None if write.get("report") is None else to_json(write["report"]), write.get("error"), now,
+                          (pd.Timestamp(now) - pd.Timestamp(row[0])).total_seconds(), str(write["id"])))
+        return True
+
     def delete_portfolio(self, portfolio):
         with self._transaction() as conn:
             pid = self._pid(conn, portfolio, missing_ok=True)
@@ -1343,13 +1480,25 @@ class PendingWrites:
         out.attrs["as_of"] = at
         return out
 
-def apply_writes(store: Store, writes: list) -> list[int]:
+def apply_writes(store: Store, writes: list, outcome: dict | None = None) -> list[int]:
     """Write `PendingWrites.writes` (or their JSON, decoded) to `store` in order, each with the store's own write;
     returns the ids of the alerts written. Raises `StoreError` for an unknown kind of write, or when a result's id
-    differs from the one the unit was given (a plan naming it would point nowhere). Call it inside `store.atomic()`."""
+    differs from the one the unit was given (a plan naming it would point nowhere). Call it inside `store.atomic()`.
+    A `request` write (a client's request's end, first in the list) goes through `store.finish_request`: when the
+    request is no longer queued or running (cancelled meanwhile) nothing after it is written. `outcome['error']` (when
+    `outcome` is given) is then set to why the unit's run ends `failed`: that, or the request's own failure."""
     ids = []
     for w in writes:
         kind = w.get("write") if isinstance(w, dict) else None
+        if kind == "request":
+            if not store.finish_request(w):
+                now = store.request_row(w["id"])
+                if outcome is not None:
+                    outcome["error"] = f"request {w['id']} is {now['status'] if now else 'gone'}: nothing of it was written"
+                return ids
+            if w["status"] != "succeeded" and outcome is not None:
+                outcome["error"] = w.get("error") or f"request {w['status']}"
+            continue
         if kind == "optimization":
             got = store.write_optimization(w["strategy"], w["params"], pd.Series(w["weights"], dtype=float), w["metrics"],
                                            as_of=w["as_of"], portfolio=w["portfolio_id"], run_id=w["run_id"])

@@ -51,6 +51,18 @@ def _num(x):
 _RUN_COLUMNS = ["id", "job", "trigger", "parameters", "status", "started_at", "finished_at", "output_path", "error"]
 _PORTFOLIO_COLUMNS = ["portfolio", "owner", "quote", "wallet", "settings", "created_at", "id"]
 _BACKTEST_COLUMNS = ("id", "strategy", "config", "metrics", "returns", "run_id", "created_at", "portfolio_id")  # `detail`: read_backtest only
+_REQUEST_COLUMNS = ["id", "owner", "kind", "parameters", "idempotency_key", "portfolio_id", "status", "result", "report", "error",
+                    "created_at", "started_at", "finished_at", "duration"]
+
+def _is_uuid(x) -> bool:
+    "Whether `x` is a uuid's text (a request id); anything else names no request (and would be a 22P02 in PostgREST)."
+    import uuid
+    try:
+        uuid.UUID(str(x))
+        return True
+    except ValueError:
+        return False
+
 _NAMED = "*,portfolios(portfolio)"  # a row and its portfolio's name (PostgREST embeds it through the portfolio_id foreign key)
 
 def _named(rows: list[dict]) -> list[dict]:
@@ -96,6 +108,7 @@ class SupabaseStore(Store):
             self.client = create_client(self.url, key, options=ClientOptions(postgrest_client_timeout=300))
         except Exception as e:
             raise ConfigError(f"cannot use Supabase at {url}: {e}; check SUPABASE_URL and the key") from e
+        self.access_token = access_token or None   # a signed-in user's session (row-level security), else the key's role
         if access_token:
             self.client.postgrest.auth(access_token)
 
@@ -446,6 +459,73 @@ class SupabaseStore(Store):
             q = q.eq("portfolio_id", pid)
         return _frame(_named(self._exec(q, "reallocations")), columns,
                       stamps=("as_of",), micro=("created_at",))
+
+    # -- requests from clients ------------------------------------------------------------------
+    def _request_exec(self, builder, what: str):
+        "As `_exec`; the database's refusals of a request (its checks, quotas, privileges) become `ConfigError` with its message."
+        try:
+            return builder.execute().data
+        except APIError as e:
+            code, msg = getattr(e, "code", None), getattr(e, "message", None) or str(e)
+            if code in ("PT429", "22023", "23514", "42501", "P0001", "22P02", "23502"):
+                raise ConfigError(f"{what}: refused by {self.url}: {msg}") from e
+            raise StoreError(f"{what} at {self.url} failed: {msg} (code {code})") from e
+        except httpx.HTTPError as e:
+            raise StoreError(f"{what}: cannot reach {self.url} ({e}); is the stack up (make supabase-up)?") from e
+
+    def submit_request(self, kind, parameters=None, idempotency_key=None, owner=None):
+        params = {} if parameters is None else json.loads(to_json(parameters))
+        if owner is None or self.access_token:   # a signed-in user: submit_request() (invoker's rights, row-level security)
+            rows = self._request_exec(self.client.rpc("submit_request", {"p_kind": kind, "p_parameters": params,
+                                                                         "p_idempotency_key": idempotency_key}), "submit_request()")
+            return rows[0]
+        if idempotency_key is not None:   # the service role names the owner
+            first = self._exec(self._table("requests").select("*").eq("owner", owner).eq("idempotency_key", idempotency_key), "requests")
+            if first:
+                return first[0]
+        return self._request_exec(self._table("requests").insert(dict(kind=kind, parameters=params, owner=owner,
+                                                                      idempotency_key=idempotency_key)), "requests")[0]
+
+    def read_requests(self, owner=None, status=None, limit=100):
+        def make():
+            q = self._table("requests").select("*").order("created_at", desc=True).order("id")
+            if owner is not None:
+                q = q.eq("owner", owner)
+            if status is not None:
+                q = q.eq("status", status)
+            return q
+        return _frame(self._pages(make, "requests", limit), _REQUEST_COLUMNS, micro=("created_at", "started_at", "finished_at"))
+
+    def request_row(self, request_id):
+        rows = self._exec(self._table("requests").select("*").eq("id", str(request_id)), "requests") if _is_uuid(request_id) else []
+        if not rows:
+            return None
+        return _frame(rows, _REQUEST_COLUMNS, micro=("created_at", "started_at", "finished_at")).iloc[0].to_dict()
+
+    def start_request(self, request_id):
+        return self._rpc("start_request", {"p_id": str(request_id)})
+
+    def cancel_request(self, request_id):
+        rows = self._request_exec(self._table("requests").update({"status": "cancelled"}).eq("id", str(request_id))
+                                  .in_("status", ["queued", "running"]), "requests") if _is_uuid(request_id) else []
+        if not rows:
+            now = self.request_row(request_id)
+            raise StoreError(f"no request {request_id!r} of yours in {self.url}" if now is None else
+                             f"request {request_id} is {now['status']}: only a queued or running request can be cancelled")
+        return self.request_row(request_id)
+
+    def finish_request(self, write):
+        # the service role's direct write (complete_run sends the same write inside complete_unit, with the run's close)
+        row = self.request_row(write["id"])
+        if row is None or row["status"] not in ("queued", "running"):
+            return False
+        now = utc_now()
+        started = row["started_at"] or row["created_at"]
+        rows = self._exec(self._table("requests").update(dict(
+            status=write["status"], result=write.get("result"), report=write.get("report"), error=write.get("error"),
+            finished_at=now, duration=(pd.Timestamp(now) - pd.Timestamp(started)).total_seconds()))
+            .eq("id", str(write["id"])).in_("status", ["queued", "running"]), "requests")
+        return bool(rows)
 
     # -- Supabase-only ----------------------------------------------------------------------
     def portfolio_statistics(self, portfolio: str, as_of=None) -> dict:

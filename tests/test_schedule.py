@@ -102,7 +102,7 @@ def test_migrations_apply_once_to_a_fresh_database(supabase_stack):
     assert apply_migrations(fresh) == ["20261121000000_portopt_schema.sql", "20261121071700_backtest_detail.sql",
                                        "20261201000000_portfolio_settings_units.sql", "20261202000000_portfolio_identity.sql",
                                        "20261203000000_unit_results.sql", "20261208000000_complete_unit.sql",
-                                       "20261210000000_price_revisions.sql"]  # in order
+                                       "20261209000000_requests.sql", "20261210000000_price_revisions.sql"]  # in order
     assert apply_migrations(fresh) == []
     with psycopg.connect(fresh) as conn:
         assert conn.execute("SELECT count(*) FROM pg_policies WHERE schemaname = 'public'").fetchone()[0] >= 10

@@ -388,6 +388,29 @@ def test_a_version_5_store_with_units_is_migrated_to_claim_tokens(store_path):
         assert st.claim_unit("u2", "rebalance", {}) is None
 
 
+def test_a_version_6_store_is_migrated_to_requests_and_keeps_its_rows(store_path):
+    "Schema 8 adds `requests` (issue 16): a v6 store keeps its portfolios and runs, and then takes a request with its event."
+    from portopt.store import MIGRATIONS
+    conn = sqlite3.connect(store_path, isolation_level=None)
+    for version, sql in MIGRATIONS:
+        if version <= 6:
+            conn.executescript(sql)
+    conn.execute("INSERT INTO portfolios (portfolio, owner, settings, created_at, id) VALUES ('fund', NULL, '{}', '2026-01-01T00:00:00Z', 'p-1')")
+    conn.execute("INSERT INTO runs (id, job, trigger, parameters, status, started_at) VALUES ('r1', 'x', 'manual', '{}', 'succeeded', '2026-01-01')")
+    conn.execute("PRAGMA user_version = 6")
+    conn.close()
+    with SQLiteStore(store_path) as st:
+        assert st.schema_version == SCHEMA_VERSION == 8
+        assert st.read_runs()["id"].tolist() == ["r1"] and st.portfolio_id("fund") == "p-1"
+        r = st.submit_request("reallocate", {"portfolio": "fund"})
+        assert r["portfolio_id"] == "p-1" and r["status"] == "queued" and r["owner"] == "local"
+        assert st.read_events("requests")["payload"].tolist() == [{"request_id": r["id"], "kind": "reallocate", "owner": "local"}]
+        with pytest.raises(sqlite3.IntegrityError):  # the schema's own checks, under the store's
+            st.conn.execute("INSERT INTO requests (kind, parameters, created_at) VALUES ('optimize', '[1, 2]', 'now')")
+        with pytest.raises(sqlite3.IntegrityError):
+            st.conn.execute("INSERT INTO requests (kind, parameters, created_at) VALUES ('rebalance', '{}', 'now')")
+
+
 def test_a_dashboards_store_is_read_only_and_an_older_one_is_not_migrated(tmp_path):
     "Issue 13: an app opens the SQLite store read-only; a write fails, and an older schema is named, not migrated."
     from conftest import dump

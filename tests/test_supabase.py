@@ -301,7 +301,8 @@ def test_the_identity_migration_keeps_rows_with_their_portfolio(stack, tmp_path)
             conn.execute("INSERT INTO optimizations (id, portfolio, strategy, params, weights, metrics) "
                          "VALUES ('o-none', NULL, 'hrp', '{}', '{}', '{}')")
         assert apply_migrations(mig) == ["20261202000000_portfolio_identity.sql", "20261203000000_unit_results.sql",
-                                         "20261208000000_complete_unit.sql", "20261210000000_price_revisions.sql"]
+                                         "20261208000000_complete_unit.sql", "20261209000000_requests.sql",
+                                         "20261210000000_price_revisions.sql"]
         with psycopg.connect(mig) as conn:
             ids = dict(conn.execute("SELECT portfolio, id::text FROM portfolios"))
             owner = dict(conn.execute("SELECT id::text, owner FROM portfolios"))
