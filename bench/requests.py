@@ -7,7 +7,7 @@ listener processes, none lost or run twice, and the drain time.
 
 Starts its own local stack (bench/events.py's `start_stack`: its own folder and port). Prints the median and the worst of
 `repeats` requests for each mode against the targets of issue 16 (direct <= 1 s, papermill <= 3 s) and the load average.
-The 20 assets are random walks stored as the source `bench20` (the bundled dataset has 19 assets).
+The 20 assets are real: the last 400 sessions of skfolio's bundled S&P 500 dataset (20 stocks), stored as the source `sp500`.
 """
 import argparse
 import importlib.util
@@ -32,7 +32,7 @@ _spec.loader.exec_module(_events)
 start_stack = _events.start_stack   # bench/events.py: the same stack start
 
 TARGETS = {"direct": 1.0, "papermill": 3.0}
-REQUEST = {"source": "bench20", "strategy": "min_variance", "window": 180}
+REQUEST = {"source": "sp500", "strategy": "min_variance", "window": 180}
 
 
 def user_token(settings: dict, user_id: str) -> str:
@@ -49,15 +49,15 @@ def as_user(settings: dict, user_id: str):
 
 
 def load(settings: dict) -> None:
-    "Prices of 20 assets over 400 days, as the service role (market data)."
+    "The last 400 sessions of 20 S&P 500 stocks (skfolio's bundled dataset, as bench/walkforward.py), as the service role."
+    from skfolio.datasets import load_sp500_dataset
     from portopt.supabase import SupabaseStore
-    days = pd.date_range("2024-01-01", periods=400, freq="D", tz="UTC")
-    rng = np.random.default_rng(7)
-    walks = 100 * np.exp(np.cumsum(rng.normal(0.0003, 0.02, (len(days), 20)), axis=0))
-    long = pd.DataFrame(walks, index=days, columns=[f"A{i:02d}" for i in range(20)]).rename_axis("timestamp").reset_index()
-    long = long.melt("timestamp", var_name="asset", value_name="close")
+    prices = load_sp500_dataset().iloc[-400:]
+    prices.index = pd.DatetimeIndex(prices.index).tz_localize("UTC")
+    assert prices.shape[1] == 20 and not prices.isna().any().any()
+    long = prices.rename_axis("timestamp").reset_index().melt("timestamp", var_name="asset", value_name="close")
     with SupabaseStore(settings["SUPABASE_URL"], settings["SUPABASE_SERVICE_ROLE_KEY"]) as st:
-        st.write_prices(long, "bench20")
+        st.write_prices(long, "sp500")
         st.mark_events_consumed(st.read_events(pending_only=True)["id"].tolist())
 
 
