@@ -94,7 +94,7 @@ PERCENT_COLUMNS = ("weight", "risk contribution", "total_return", "annualized_re
                    "annualized_volatility", "max_drawdown", "mean_turnover", "total_costs", "expected_return", "volatility", "cvar")
 RATIO_COLUMNS = ("sharpe", "sharpe_low", "sharpe_high", "psr", "dsr", "sortino", "calmar")
 MONEY_COLUMNS = ("value", "fee", "shortfall", "price")
-COUNT_COLUMNS = ("window", "rebalance_every", "rebalances", "failures", "rows", "trials")
+COUNT_COLUMNS = ("window", "rebalance_every", "rebalances", "failures", "formulations", "rows", "trials")
 
 def _no_negative_zero(s: str) -> str:
     return s[1:] if s.startswith("-") and not any(ch in "123456789" for ch in s) else s

@@ -255,7 +255,7 @@ def deflated_sharpe(store: Store, result: BacktestResult, data_hash: str, regist
 
 # %% ../nbs/42_sweep.ipynb #14160170
 METRIC_COLUMNS = ("annualized_return", "annualized_volatility", "sharpe", "max_drawdown", "mean_turnover",
-                  "total_costs", "rebalances", "failures")
+                  "total_costs", "rebalances", "failures", "formulations")  # formulations: e.g. max_sharpe's closed form
 
 @dataclass
 class SweepResult:
