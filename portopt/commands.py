@@ -305,15 +305,8 @@ class ReallocateParams(BaseModel):
 
     _as_of = field_validator("as_of", mode="before")(_check(parse_date, "as_of"))
 
-    @field_validator("execute")
-    @classmethod
-    def _execute(cls, v):
-        return one_of(v, ("paper",), "execute")
-
-    @field_validator("missing")
-    @classmethod
-    def _missing(cls, v):
-        return one_of(v, ("exclude", "ffill", "raise"), "missing")
+    # execute and missing are checked where the portfolio's settings are (`reallocate_portfolio`, `PortfolioSettings`):
+    # one wording, naming the portfolio
 
     _ints = field_validator("window", "periods_per_year", "max_fill", mode="before")(
         lambda cls, v, info: positive_int(v, info.field_name) if v is not None else v)

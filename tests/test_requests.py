@@ -254,7 +254,7 @@ def test_a_request_past_its_timeout_fails_naming_it(stack):
 
 def test_killing_the_listener_mid_request_then_restarting_completes_it_once(stack, tmp_path):
     a = as_user(stack, str(uuid.uuid4()))
-    slow = dict(BACKTEST, strategy="min_variance,hrp,max_sharpe,risk_parity", rebalance_every=1, start="2021-01-01")
+    slow = dict(BACKTEST, strategy="min_variance,hrp", rebalance_every=2, start="2021-06-01")   # seconds of work: killed mid-way
     r = a.submit_request("backtest", slow)
     env = dict(os.environ, **stack.env_vars(), PORTOPT_RUNS=str(tmp_path / "runs"))
     first = subprocess.Popen([PORTOPT, "listen", "--direct", "--lease", "2", "--poll", "0.2"], env=env,
@@ -264,7 +264,7 @@ def test_killing_the_listener_mid_request_then_restarting_completes_it_once(stac
         while a.request_row(r["id"])["status"] != "running":
             assert time.time() < deadline and first.poll() is None, first.stderr.read() if first.poll() is not None else "no start"
             time.sleep(0.1)
-        time.sleep(1.0)
+        time.sleep(0.3)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
