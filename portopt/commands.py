@@ -556,7 +556,8 @@ REQUEST_OPTIONS = ("notebook", "timeout")
 CLI_ONLY = {"prices": "a price file on the server: name a bundled dataset or a stored source instead",
             "constraints": "a YAML file on the server: not accepted from a client yet",
             "views": "a YAML file on the server: not accepted from a client yet",
-            "scheduler": "a Dask scheduler address: the listener's machine decides where a sweep runs"}
+            "scheduler": "a Dask scheduler address: the listener's machine decides where a sweep runs",
+            "workers": "the listener's machine decides how many workers a sweep uses"}
 MAX_TIMEOUT = 3600.0
 
 @dataclass

@@ -445,3 +445,19 @@ def test_the_migration_adds_requests_to_realtime_where_the_publication_exists(su
     finally:
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_a_sweep_request_returns_the_clis_json_and_the_listener_decides_its_workers(tmp_path):
+    "A sweep request (embedded store) equals `portopt sweep --json` for the same grid; a client may not size the cluster."
+    sweep = {"dataset": "coingecko-daily", "assets": ["BTC", "ETH", "SOL"], "strategies": ["hrp", "min_variance"],
+             "window": "90", "rebalance_every": "30", "fee_bps": "10"}
+    done = client_request("sweep", sweep, store=tmp_path / "s.sqlite")
+    want = cli_json("sweep", *cli_args(sweep), "--store", tmp_path / "cli.sqlite")
+    assert done["status"] == "succeeded", done["error"]
+    got = {c["strategy"]: c for c in done["result"]["configs"]}
+    assert sorted(got) == ["hrp", "min_variance"] and len(want["configs"]) == 2
+    for c in want["configs"]:
+        for k in ("sharpe", "annualized_return", "max_drawdown", "mean_turnover", "rebalances"):
+            assert abs(got[c["strategy"]][k] - c[k]) < 1e-9, (c["strategy"], k)
+    big = client_request("sweep", dict(sweep, workers=64), store=tmp_path / "s.sqlite")
+    assert big["status"] == "rejected" and big["error"] == "workers: the listener's machine decides how many workers a sweep uses"
