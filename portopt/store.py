@@ -1299,7 +1299,7 @@ class SQLiteStore(Store):
         out = pd.read_sql_query(f"SELECT * FROM requests WHERE {' AND '.join(where)} ORDER BY created_at DESC, id LIMIT ?",
                                 self.conn, params=args + [-1 if limit is None else int(limit)])
         for c in ("parameters", "result", "report"):
-            out[c] = out[c].map(lambda v: None if v is None else json.loads(v))
+            out[c] = out[c].map(lambda v: json.loads(v) if isinstance(v, str) else None)   # a column of NULLs only reads as NaN
         return out
 
     def request_row(self, request_id):

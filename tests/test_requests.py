@@ -400,6 +400,10 @@ def test_a_requests_life_is_the_same_in_both_stores(store):
     store.complete_run(run, [dict(write="request", id=r["id"], status="succeeded", result={"weights": {"BTC": 1.0}},
                                   report={"html": "x.html"})], claim=run.token)
     row = store.request_row(r["id"])
+    queued = store.submit_request("optimize", {"strategy": "hrp"}, owner=owner)   # beside it, one with no result yet
+    listed = store.read_requests().set_index("id")   # a text column with NULLs (pandas 3 reads them as NaN) is parsed
+    assert listed.loc[r["id"], "result"] == {"weights": {"BTC": 1.0}} and listed.loc[r["id"], "report"] == {"html": "x.html"}
+    assert listed.loc[queued["id"], "result"] is None and listed.loc[queued["id"], "report"] is None
     assert row["status"] == "succeeded" and row["result"] == {"weights": {"BTC": 1.0}} and row["report"] == {"html": "x.html"}
     assert row["duration"] >= 0 and row["started_at"] and row["finished_at"]
     ends = {}
